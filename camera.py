@@ -1,0 +1,293 @@
+"""The capture thread shared by every viewer.
+
+One ``Camera`` owns the video source.  While at least one client is
+watching, a single background thread reads frames, runs the
+``FramePipeline`` on each, JPEG-encodes the result once and publishes it;
+every client waits on a condition for the next published frame and sends
+the same bytes.  The thread releases the source ``idle_timeout_s`` seconds
+after the last client leaves and starts again with the next one (the
+pattern of Miguel Grinberg's flask-video-streaming).
+"""
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+log = logging.getLogger(__name__)
+
+#: The MJPEG boundary used in ``multipart/x-mixed-replace; boundary=frame``.
+BOUNDARY = "frame"
+
+
+class SourceError(RuntimeError):
+    """A video source does not exist or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One processed frame, as published to every client.
+
+    Attributes:
+        seq: publication number, increasing for the Camera's lifetime.
+        jpeg: the annotated frame, JPEG-encoded.
+        part: ``jpeg`` wrapped as one ``multipart/x-mixed-replace`` part.
+        faces: the ``pipeline.Face`` list of this frame.
+        width, height: frame size in pixels.
+        timestamp: ``time.time()`` when it was published, seconds.
+    """
+
+    seq: int
+    jpeg: bytes
+    part: bytes
+    faces: list
+    width: int
+    height: int
+    timestamp: float
+
+
+def mjpeg_part(jpeg):
+    """Wrap JPEG bytes as one part of an MJPEG ``multipart/x-mixed-replace`` stream."""
+    head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(jpeg)}\r\n\r\n").encode("ascii")
+    return head + jpeg + b"\r\n"
+
+
+def parse_source(source):
+    """``"0"`` -> webcam index ``0``; any other string stays a path or URL."""
+    text = str(source).strip()
+    return int(text) if text.isdigit() else text
+
+
+def is_url(source):
+    return isinstance(source, str) and "://" in source
+
+
+def check_video_file(path, open_capture=cv2.VideoCapture):
+    """Make sure ``path`` is a video OpenCV can decode a first frame from.
+
+    Raises:
+        SourceError: naming the file, if it is missing or undecodable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"video file {path} does not exist")
+    cap = open_capture(str(path))
+    try:
+        ok = cap.isOpened() and cap.read()[0]
+    finally:
+        cap.release()
+    if not ok:
+        raise SourceError(f"video file {path} cannot be decoded by OpenCV")
+
+
+def resolve_source(source, demo_clip, open_capture=cv2.VideoCapture):
+    """Decide what to stream, falling back to the demo clip without a webcam.
+
+    Args:
+        source: webcam index, path, URL or ``"demo"`` (see ``config.Config``).
+        demo_clip: path of the bundled clip.
+        open_capture: ``cv2.VideoCapture`` or a stand-in with its interface.
+
+    Returns:
+        ``(source, notice)``: an int webcam index or a path/URL string, and a
+        sentence for the page when the request could not be honoured
+        (``None`` otherwise).
+
+    Raises:
+        SourceError: a file source that is missing or cannot be decoded.
+    """
+    source = parse_source(source)
+    if source == "demo":
+        check_video_file(demo_clip, open_capture)
+        return str(demo_clip), None
+    if isinstance(source, int):
+        cap = open_capture(source)
+        ok = cap.isOpened()
+        cap.release()
+        if ok:
+            return source, None
+        notice = f"No webcam could be opened at index {source}; streaming the demo clip instead."
+        log.warning(notice)
+        check_video_file(demo_clip, open_capture)
+        return str(demo_clip), notice
+    if not is_url(source):
+        check_video_file(source, open_capture)
+    return source, None
+
+
+class Camera:
+    """A video source processed by one background thread and shared by all clients.
+
+    Args:
+        source: webcam index (int), video file path or stream URL.
+        pipeline: object with ``process(frame) -> (annotated, faces)``,
+            usually a ``pipeline.FramePipeline``.
+        loop: replay a video file when it ends; otherwise the stream ends.
+        idle_timeout_s: seconds without clients before the thread stops.
+        jpeg_quality: 0-100.
+        notice: a sentence shown on the page (e.g. the webcam fallback).
+        open_capture: ``cv2.VideoCapture`` or a stand-in (tests count calls).
+
+    A video file is paced at its own frame rate (``CAP_PROP_FPS``); webcams
+    and streams deliver at theirs.
+    """
+
+    def __init__(self, source, pipeline, *, loop=True, idle_timeout_s=5.0, jpeg_quality=80,
+                 notice=None, open_capture=cv2.VideoCapture):
+        self.source = source
+        self.pipeline = pipeline
+        self.loop = loop
+        self.idle_timeout_s = idle_timeout_s
+        self.jpeg_quality = jpeg_quality
+        self.notice = notice
+        self.open_capture = open_capture
+        self.is_file = not isinstance(source, int) and not is_url(source)
+        self._cond = threading.Condition()
+        self._device = threading.Lock()  # held from open to release of the capture
+        self._thread = None
+        self._clients = 0
+        self._idle_since = time.monotonic()
+        self._frame = None
+        self._seq = 0
+        self._run_id = 0  # bumped at each thread start; a run's end is (run_id, ended)
+        self._ended_run = None
+        self._closed = threading.Event()
+        self.error = None
+
+    @property
+    def name(self):
+        """A human-readable name of the source."""
+        if isinstance(self.source, int):
+            return f"webcam {self.source}"
+        return self.source if is_url(self.source) else Path(self.source).name
+
+    @property
+    def clients(self):
+        return self._clients
+
+    @property
+    def running(self):
+        with self._cond:
+            return self._thread is not None
+
+    def latest(self):
+        """The most recent ``Frame``, or None before the first one."""
+        return self._frame
+
+    def frames(self, timeout_s=10.0):
+        """Yield each new ``Frame`` to one client, starting the thread if needed.
+
+        The generator registers a client while it is alive; closing it (a
+        disconnected HTTP client) unregisters at once.  It ends when the
+        source ends (a video file with ``loop=False``) or fails, or when no
+        frame arrives for ``timeout_s`` seconds.
+        """
+        with self._cond:
+            self._clients += 1
+            self._start_locked()
+            if self._thread is None:  # closed
+                self._clients -= 1
+                return
+            run = self._run_id
+            last = -1
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(
+                        lambda: (self._frame is not None and self._frame.seq > last)
+                        or self._ended_run == run, timeout_s)
+                    frame = self._frame
+                    if frame is None or frame.seq <= last:
+                        return  # ended, failed or timed out
+                last = frame.seq
+                yield frame
+        finally:
+            with self._cond:
+                self._clients -= 1
+                if self._clients == 0:
+                    self._idle_since = time.monotonic()
+
+    def close(self, timeout_s=5.0):
+        """Stop the capture thread now, release the source and end every client's stream."""
+        self._closed.set()
+        with self._cond:
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def _start_locked(self):
+        if self._thread is None and not self._closed.is_set():
+            self._run_id += 1
+            self._frame = None
+            self._thread = threading.Thread(target=self._run, args=(self._run_id,),
+                                            name=f"camera-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _idle_locked(self):
+        if self._closed.is_set():
+            return True
+        return self._clients == 0 and time.monotonic() - self._idle_since > self.idle_timeout_s
+
+    def _open(self):
+        cap = self.open_capture(self.source)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        return cap
+
+    def _run(self, run):
+        with self._device:
+            cap = self._open()
+            try:
+                self.error = None if cap else f"cannot open {self.name}"
+                if cap:
+                    self._capture_loop(cap, run)
+            except Exception:  # keep serving: the next client starts a new thread
+                log.exception("capture thread for %s failed", self.name)
+                self.error = f"processing {self.name} failed"
+            finally:
+                if cap:
+                    cap.release()
+                with self._cond:
+                    self._thread = None
+                    self._ended_run = run
+                    self._cond.notify_all()
+
+    def _capture_loop(self, cap, run):
+        fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
+        interval = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 25 if self.is_file else 0.0)
+        due = time.monotonic()
+        empty_reads = 0
+        while True:
+            with self._cond:
+                if self._idle_locked():
+                    return
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                empty_reads += 1
+                if self.is_file and self.loop and empty_reads < 2:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    continue
+                return
+            empty_reads = 0
+            annotated, faces = self.pipeline.process(frame)
+            ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if ok:
+                self._publish(jpeg.tobytes(), faces, frame.shape[1], frame.shape[0])
+            if interval:
+                due += interval
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -interval:
+                    due = time.monotonic()  # fell behind: do not try to catch up
+
+    def _publish(self, jpeg, faces, width, height):
+        with self._cond:
+            self._seq += 1
+            self._frame = Frame(self._seq, jpeg, mjpeg_part(jpeg), faces, width, height, time.time())
+            self._cond.notify_all()

@@ -1,0 +1,40 @@
+"""Every setting of the server in one place, with its default."""
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """Server configuration; ``main.py`` fills it from the command line.
+
+    Attributes:
+        source: webcam index (``"0"``), video file path, stream URL that
+            OpenCV opens (``rtsp://``, ``http://``), or ``"demo"`` for the
+            bundled clip.
+        model_path, weights_path: ``model.json`` and ``model_weights.h5``.
+        demo_clip: the clip streamed for ``demo`` and when the webcam cannot
+            be opened.
+        loop: replay a video file from the start when it ends.
+        idle_timeout_s: seconds after the last client leaves before the
+            capture thread stops and releases the device.
+        jpeg_quality: 0-100, for the MJPEG frames.
+        scale_factor, min_neighbors, min_face_px: Haar cascade
+            ``detectMultiScale`` settings (``min_face_px`` is the smallest
+            face side in pixels of the full frame).
+        crop_margin: fraction of the Haar box side added on each side before
+            cropping the face for the classifier.
+    """
+
+    source: str = "0"
+    model_path: Path = ROOT / "model.json"
+    weights_path: Path = ROOT / "model_weights.h5"
+    demo_clip: Path = ROOT / "demo" / "demo.mp4"
+    loop: bool = True
+    idle_timeout_s: float = 5.0
+    jpeg_quality: int = 80
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    min_face_px: int = 40
+    crop_margin: float = 0.0

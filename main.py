@@ -1,0 +1,54 @@
+"""Serve live facial expression recognition over HTTP.
+
+    python main.py                      # webcam 0, or the demo clip without one
+    python main.py --source video.mp4   # a video file, looped
+    python main.py --source demo        # the bundled demo clip
+
+Then open http://127.0.0.1:5000.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from config import Config
+
+
+def parse_args(argv=None):
+    defaults = Config()
+    p = argparse.ArgumentParser(description="Live facial expression recognition server (MJPEG over HTTP).")
+    p.add_argument("--source", default=defaults.source,
+                   help="webcam index (0), video file, stream URL (rtsp://, http://) or 'demo' "
+                        "(default: %(default)s; without a webcam the demo clip is streamed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=5000, help="(default: %(default)s)")
+    p.add_argument("--model", default=str(defaults.model_path), help="Keras JSON architecture")
+    p.add_argument("--weights", default=str(defaults.weights_path), help="classic Keras HDF5 weights")
+    p.add_argument("--no-loop", action="store_true", help="end the stream at the end of a video file")
+    return p.parse_args(argv)
+
+
+def config_from_args(args):
+    return Config(source=args.source, model_path=Path(args.model), weights_path=Path(args.weights),
+                  loop=not args.no_loop)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from app import create_app  # deferred: --help should not wait for TensorFlow
+    from camera import SourceError
+    from classifier import ModelLoadError
+
+    try:
+        app = create_app(config_from_args(args))
+    except (ModelLoadError, SourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.info("serving %s on http://%s:%d", app.extensions["camera"].name, args.host, args.port)
+    app.run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

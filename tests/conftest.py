@@ -1,0 +1,86 @@
+"""Shared fixtures: the bundled clip and faces, and a tiny untrained model."""
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def clip():
+    """A 320x240, 10 fps, 35-frame clip of one FER2013 face at a time (demo/make_demo_clip.py)."""
+    return FIXTURES / "clip.mp4"
+
+
+@pytest.fixture(scope="session")
+def faces():
+    """``{class name: (48, 48) uint8}``, one PublicTest face per FER2013 class."""
+    return {p.stem.capitalize(): cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+            for p in sorted((FIXTURES / "faces").glob("*.png"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """``(model.json, model_weights.h5)`` of an untrained width-4 network."""
+    from classifier import save_model
+    from train.model import build_model
+
+    folder = tmp_path_factory.mktemp("tiny")
+    model_path, weights_path = folder / "model.json", folder / "model_weights.h5"
+    save_model(build_model(7, width=4), model_path, weights_path)
+    return model_path, weights_path
+
+
+@pytest.fixture(scope="session")
+def classifier(tiny_model_files):
+    from classifier import Classifier
+
+    return Classifier.from_files(*tiny_model_files)
+
+
+class PassThrough:
+    """A pipeline stand-in that finds no face: camera tests need no model."""
+
+    def process(self, frame):
+        return frame, []
+
+
+class CountingCapture:
+    """``cv2.VideoCapture`` that counts how many captures were opened."""
+
+    def __init__(self):
+        self.opened = 0
+
+    def __call__(self, source):
+        self.opened += 1
+        return cv2.VideoCapture(source)
+
+
+@pytest.fixture
+def make_camera():
+    """``camera.Camera`` factory whose cameras are closed (threads joined) after the test."""
+    from camera import Camera
+
+    cameras = []
+
+    def make(*args, **kwargs):
+        cameras.append(Camera(*args, **kwargs))
+        return cameras[-1]
+
+    yield make
+    for camera in cameras:
+        camera.close()
+
+
+@pytest.fixture
+def pass_through():
+    return PassThrough()
+
+
+@pytest.fixture
+def counting_capture():
+    return CountingCapture()

@@ -1,0 +1,98 @@
+import cv2
+import numpy as np
+import pytest
+
+import main
+from app import create_app
+from classifier import FER2013_LABELS
+from config import Config
+
+
+@pytest.fixture
+def app_config(clip, tiny_model_files):
+    model_path, weights_path = tiny_model_files
+    return Config(source=str(clip), model_path=model_path, weights_path=weights_path)
+
+
+@pytest.fixture
+def make_app():
+    """``create_app`` whose camera is closed after the test."""
+    apps = []
+
+    def make(*args, **kwargs):
+        apps.append(create_app(*args, **kwargs))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["camera"].close()
+
+
+@pytest.fixture
+def client(app_config, make_app):
+    return make_app(app_config).test_client()
+
+
+def test_index_page_names_the_source(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "clip.mp4" in page and 'src="/video_feed"' in page
+
+
+def test_video_feed_first_part_is_a_jpeg(client):
+    response = client.get("/video_feed")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
+    chunks = response.response
+    first = next(iter(chunks))
+    response.close()
+    head, _, rest = first.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"--frame" and b"Content-Type: image/jpeg" in lines
+    length = int(next(l for l in lines if l.startswith(b"Content-Length:")).split(b":")[1])
+    jpeg = rest[:length]
+    assert jpeg[:2] == b"\xff\xd8" and rest[length:] == b"\r\n"
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (240, 320, 3)
+
+
+def test_api_faces_after_a_frame(app_config, make_app):
+    app = make_app(app_config)
+    camera = app.extensions["camera"]
+    frames = camera.frames()
+    next(frames)
+    data = app.test_client().get("/api/faces").get_json()
+    frames.close()
+    assert data["width"] == 320 and data["height"] == 240 and data["source"] == "clip.mp4"
+    assert len(data["faces"]) == 1
+    face = data["faces"][0]
+    assert face["label"] in FER2013_LABELS and len(face["box"]) == 4
+    assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+
+
+def test_page_shows_the_webcam_notice(clip, pass_through, make_camera, make_app):
+    camera = make_camera(str(clip), pass_through, notice="No webcam could be opened at index 0.")
+    page = make_app(camera=camera).test_client().get("/").get_data(as_text=True)
+    assert "No webcam could be opened at index 0." in page
+
+
+def test_main_missing_source_is_a_clear_error(tmp_path, capsys):
+    assert main.main(["--source", str(tmp_path / "missing.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "error: video file" in err and "missing.mp4 does not exist" in err
+
+
+def test_main_wrong_weights_is_a_clear_error(tmp_path, clip, tiny_model_files, capsys):
+    model_path, _ = tiny_model_files
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"junk")
+    assert main.main(["--source", str(clip), "--model", str(model_path), "--weights", str(junk)]) == 2
+    assert "junk.h5" in capsys.readouterr().err
+
+
+def test_main_help(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main.main(["--help"])
+    assert exit.value.code == 0
+    assert "--no-loop" in capsys.readouterr().out

@@ -1,0 +1,123 @@
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from camera import SourceError, mjpeg_part, parse_source, resolve_source
+
+
+class Closed:
+    """A capture that never opens, like cv2.VideoCapture(0) on a machine without a webcam."""
+
+    def isOpened(self):
+        return False
+
+    def release(self):
+        pass
+
+
+def take(camera, n):
+    frames = []
+    for frame in camera.frames():
+        frames.append(frame)
+        if len(frames) == n:
+            break
+    return frames
+
+
+def test_simultaneous_readers_share_one_capture(make_camera, clip, pass_through, counting_capture):
+    camera = make_camera(str(clip), pass_through, open_capture=counting_capture, idle_timeout_s=0.5)
+    results = [None] * 5
+    start = threading.Barrier(5)
+
+    def reader(i):
+        start.wait()
+        results[i] = take(camera, 8)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert counting_capture.opened == 1
+    for frames in results:
+        assert len(frames) == 8
+        assert [f.seq for f in frames] == sorted({f.seq for f in frames})  # each new frame once
+    # the frame objects (and so their JPEG bytes) are shared, not re-encoded per client
+    shared = set.intersection(*({id(f) for f in frames} for frames in results))
+    assert shared
+    assert camera.clients == 0
+
+
+def test_thread_releases_after_last_client_and_restarts(make_camera, clip, pass_through, counting_capture):
+    camera = make_camera(str(clip), pass_through, open_capture=counting_capture, idle_timeout_s=0.2)
+    take(camera, 2)
+    deadline = time.monotonic() + 5
+    while camera.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not camera.running
+    take(camera, 2)
+    assert counting_capture.opened == 2
+
+
+def test_video_file_is_paced_at_its_frame_rate(make_camera, clip, pass_through):
+    camera = make_camera(str(clip), pass_through)
+    started = time.monotonic()
+    take(camera, 11)  # 10 intervals of 0.1 s at the clip's 10 fps
+    assert time.monotonic() - started >= 0.9
+
+
+def test_no_loop_ends_the_stream_and_loop_replays(make_camera, clip, pass_through):
+    frames = list(make_camera(str(clip), pass_through, loop=False).frames())
+    assert len(frames) == 35
+    assert len(take(make_camera(str(clip), pass_through, loop=True), 40)) == 40
+
+
+def test_frames_are_jpeg_parts(make_camera, clip, pass_through):
+    frame = take(make_camera(str(clip), pass_through), 1)[0]
+    image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (240, 320, 3) == (frame.height, frame.width, 3)
+    assert frame.part == mjpeg_part(frame.jpeg)
+    assert frame.part.startswith(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ")
+
+
+def test_unopenable_source_ends_the_stream_with_an_error(make_camera, pass_through):
+    camera = make_camera("rtsp://127.0.0.1:9/none", pass_through, open_capture=lambda s: Closed())
+    assert list(camera.frames()) == []
+    assert "cannot open" in camera.error
+
+
+def test_failing_pipeline_does_not_kill_the_camera(make_camera, clip):
+    class Broken:
+        def process(self, frame):
+            raise ValueError("boom")
+
+    camera = make_camera(str(clip), Broken())
+    assert list(camera.frames()) == []
+    assert "failed" in camera.error
+    assert not camera.running
+
+
+def no_webcam(source):
+    return Closed() if isinstance(source, int) else cv2.VideoCapture(source)
+
+
+def test_webcam_absent_falls_back_to_demo_clip(clip):
+    source, notice = resolve_source("0", clip, open_capture=no_webcam)
+    assert source == str(clip)
+    assert "No webcam" in notice and "demo clip" in notice
+
+
+def test_resolve_source_kinds(clip, tmp_path):
+    assert resolve_source(str(clip), clip) == (str(clip), None)
+    assert resolve_source("demo", clip) == (str(clip), None)
+    assert resolve_source("rtsp://cam.local/stream", clip) == ("rtsp://cam.local/stream", None)
+    assert parse_source("1") == 1 and parse_source("video.mp4") == "video.mp4"
+    with pytest.raises(SourceError, match="missing.mp4 does not exist"):
+        resolve_source(str(tmp_path / "missing.mp4"), clip)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    with pytest.raises(SourceError, match="junk.mp4 cannot be decoded"):
+        resolve_source(str(junk), clip)

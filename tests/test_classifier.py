@@ -1,0 +1,72 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from classifier import (FER2013_LABELS, Classifier, ModelLoadError, load_model, save_model)
+from config import Config
+from train.model import build_model
+
+
+def test_shipped_model_loads_and_classifies_fixture_faces(faces):
+    config = Config()
+    classifier = Classifier.from_files(config.model_path, config.weights_path)
+    assert classifier.labels == FER2013_LABELS
+    batch = np.stack([f for f in faces.values()])[..., None].astype(np.float32) / 255
+    probs = classifier.predict(batch)
+    assert probs.shape == (7, 7) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
+
+
+def test_shipped_weights_are_in_classic_hdf5_layout():
+    with h5py.File(Config().weights_path, "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+        assert "keras_version" in f.attrs and "backend" in f.attrs
+        assert "model_weights" not in f  # a weights file, not a whole saved model
+        conv = f[names[1]]
+        weight_names = [n.decode() if isinstance(n, bytes) else n for n in conv.attrs["weight_names"]]
+        assert weight_names and all(f"{names[1]}/" in n for n in weight_names)
+        assert conv[weight_names[0]].dtype == np.float32
+
+
+def test_save_load_round_trip_keeps_outputs_and_labels(tmp_path, faces):
+    model = build_model(4, width=4)
+    model.layers[2].moving_mean.assign(np.linspace(0, 1, 4))  # not all-default weights
+    labels = ("Angry", "Happy", "Sad", "Neutral")
+    save_model(model, tmp_path / "m.json", tmp_path / "w.h5", labels)
+    loaded, loaded_labels = load_model(tmp_path / "m.json", tmp_path / "w.h5")
+    assert loaded_labels == labels
+    x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
+    assert json.loads((tmp_path / "m.json").read_text())["class_names"] == list(labels)
+
+
+def test_compiled_classifier_matches_keras_model(classifier, faces):
+    x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255
+    np.testing.assert_allclose(classifier.predict(x), classifier.model(x).numpy(), atol=1e-5)
+    assert classifier.predict(x[:0]).shape == (0, 7)
+
+
+def test_mismatched_weights_name_the_file(tmp_path, tiny_model_files):
+    model_path, _ = tiny_model_files
+    other = tmp_path / "other_weights.h5"
+    save_model(build_model(7, width=8), tmp_path / "other.json", other)
+    with pytest.raises(ModelLoadError, match="other_weights.h5.*does not match"):
+        load_model(model_path, other)
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path, tiny_model_files):
+    model_path, weights_path = tiny_model_files
+    with pytest.raises(ModelLoadError, match="nope.h5"):
+        load_model(model_path, tmp_path / "nope.h5")
+    with pytest.raises(ModelLoadError, match="nope.json"):
+        load_model(tmp_path / "nope.json", weights_path)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    with pytest.raises(ModelLoadError, match="bad.json.*not a Keras JSON"):
+        load_model(bad_json, weights_path)
+    bad_h5 = tmp_path / "bad.h5"
+    bad_h5.write_bytes(b"\x89HDF\r\n garbage")
+    with pytest.raises(ModelLoadError, match="bad.h5"):
+        load_model(model_path, bad_h5)

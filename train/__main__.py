@@ -1,0 +1,209 @@
+"""Train the expression classifier on FER2013.
+
+    python -m train --data path/to/fer2013.csv.gz --out . --epochs 40
+
+Reads the Kaggle FER2013 CSV (plain or gzip), trains ``train.model`` on the
+``Training`` rows with data augmentation, selects the epoch with the best
+``PublicTest`` accuracy, and writes ``model.json`` + ``model_weights.h5``
+(classic HDF5 layout), the per-epoch history as CSV and the training curves
+as a PNG (livelossplot) into ``--out``.  The model files are written only
+when training finishes.
+
+Checkpoints live outside the work tree (``--checkpoint-dir``, by default
+``~/.cache/fer-server/train``).  An interrupted run, killed at any point,
+continues from its last finished epoch with ``--resume`` (Keras
+``BackupAndRestore``).
+"""
+import argparse
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from train.data import DataError, load_fer2013_csv
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="FER2013 CSV, plain or .gz")
+    p.add_argument("--out", default=".", help="where model.json, model_weights.h5 and the curves go")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--width", type=int, default=32, help="filters in the first conv block")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=12,
+                   help="stop after this many epochs without a better PublicTest accuracy")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--checkpoint-dir", default=str(Path.home() / ".cache/fer-server/train"))
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --checkpoint-dir")
+    p.add_argument("--export-best", action="store_true",
+                   help="do not train: write the model files from the best epoch in --checkpoint-dir")
+    p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default="auto",
+                   help="auto: mixed_bfloat16 on CPUs with AMX, where it is faster, else float32")
+    return p.parse_args(argv)
+
+
+def cpu_has_amx():
+    """True when /proc/cpuinfo lists ``amx_bf16`` (bfloat16 matrix units)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def class_weights(labels, num_classes):
+    """Per-class loss weights ``(n_max / n_c) ** 0.5``, scaled to mean 1 over the samples.
+
+    The square root softens inverse-frequency weighting so the rare Disgust
+    class (1.5% of Training) counts more without dominating the loss.
+    """
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.sqrt(counts.max() / np.maximum(counts, 1))
+    return (w / (w[labels].mean())).astype(np.float32)
+
+
+def make_dataset(images, labels, num_classes, batch_size, augment=None, weights=None, seed=0):
+    """A ``tf.data`` pipeline of ``(x, y[, w])`` batches.
+
+    ``x`` is ``(B, 48, 48, 1)`` float32 in [0, 1]; ``y`` one-hot float32;
+    ``w`` the per-sample loss weight when ``weights`` (per class) is given.
+    """
+    import tensorflow as tf
+
+    x = images[..., None]
+    y = np.eye(num_classes, dtype=np.float32)[labels]
+    tensors = (x, y) if weights is None else (x, y, weights[labels])
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if augment is not None:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def scale(x, *rest):
+        x = tf.cast(x, tf.float32) / 255.0
+        if augment is not None:
+            x = tf.clip_by_value(augment(x, training=True), 0.0, 1.0)
+        return (x, *rest)
+
+    return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def best_so_far(history_csv, key="val_accuracy"):
+    """The best ``key`` in a CSVLogger file, or None when there is none yet."""
+    try:
+        with open(history_csv, newline="") as f:
+            values = [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+    except OSError:
+        return None
+    return max(values) if values else None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ckpt = Path(args.checkpoint_dir).expanduser()
+    backup_dir, best_weights, history_csv = ckpt / "backup", ckpt / "best.weights.h5", ckpt / "history.csv"
+    if args.export_best and not best_weights.exists():
+        sys.exit(f"error: {best_weights} does not exist; no epoch has finished in {ckpt}")
+    if backup_dir.exists() and not (args.resume or args.export_best):
+        sys.exit(f"error: {backup_dir} holds an interrupted run; pass --resume to continue it, "
+                 f"or delete {ckpt} to start over")
+    if not (args.resume or args.export_best) and ckpt.exists():
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    try:
+        data = load_fer2013_csv(args.data)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    if "Training" not in data or "PublicTest" not in data:
+        sys.exit(f"error: {args.data} needs Training and PublicTest rows")
+    (x_train, y_train), (x_val, y_val) = data["Training"], data["PublicTest"]
+    print(f"Training: {len(x_train)} faces, PublicTest: {len(x_val)} faces", flush=True)
+
+    import keras
+    from livelossplot import PlotLossesKeras
+    from livelossplot.outputs import MatplotlibPlot
+
+    from classifier import FER2013_LABELS, save_model
+    from train.model import build_model
+
+    precision = args.precision
+    if precision == "auto":
+        precision = "mixed_bfloat16" if cpu_has_amx() else "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(args.seed)
+    num_classes = len(FER2013_LABELS)
+    print(f"precision: {precision}", flush=True)
+
+    augment = keras.Sequential([
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.RandomRotation(15 / 360, fill_mode="reflect"),
+        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect"),
+        keras.layers.RandomZoom(0.15, fill_mode="reflect"),
+        keras.layers.RandomContrast(0.3, value_range=(0.0, 1.0)),
+    ], name="augment")
+    train_ds = make_dataset(x_train, y_train, num_classes, args.batch_size, augment=augment,
+                            weights=class_weights(y_train, num_classes), seed=args.seed)
+    val_ds = make_dataset(x_val, y_val, num_classes, 256)
+
+    steps = int(np.ceil(len(x_train) / args.batch_size))
+    warmup = min(2, args.epochs // 10)  # epochs of linear warm-up, then cosine decay to 0
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else args.lr, decay_steps=(args.epochs - warmup) * steps,
+        warmup_target=args.lr if warmup else None, warmup_steps=warmup * steps)
+    model = build_model(num_classes, args.width)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        metrics=["accuracy"])
+    print(f"{model.name}: {model.count_params():,} parameters", flush=True)
+
+    class EtaPrinter(keras.callbacks.Callback):
+        """One line per epoch: images/s and the time left for the whole run."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+            self.first = getattr(self, "first", epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            took = time.perf_counter() - self.start
+            left = (args.epochs - epoch - 1) * took
+            print(f"epoch {epoch + 1}/{args.epochs}: {took:.0f} s, {len(x_train) / took:.0f} images/s, "
+                  f"PublicTest accuracy {logs['val_accuracy']:.4f}, ETA {left / 60:.0f} min", flush=True)
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        keras.callbacks.ModelCheckpoint(str(best_weights), monitor="val_accuracy", mode="max",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best_so_far(history_csv)),
+        keras.callbacks.CSVLogger(str(history_csv), append=args.resume),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=args.patience),
+        keras.callbacks.TerminateOnNaN(),
+        PlotLossesKeras(outputs=[MatplotlibPlot(figpath=str(ckpt / "curves.png"))]),
+        EtaPrinter(),
+    ]
+    if not args.export_best:
+        model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks, verbose=2)
+
+    # Ship the best epoch as a float32 model: the JSON then carries no bfloat16 policy.
+    keras.mixed_precision.set_global_policy("float32")
+    final = build_model(num_classes, args.width)
+    final.load_weights(str(best_weights))
+    final.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    _, accuracy = final.evaluate(val_ds, verbose=0)
+    save_model(final, out / "model.json", out / "model_weights.h5", FER2013_LABELS)
+    for name in ("history.csv", "curves.png"):
+        if (ckpt / name).exists():
+            shutil.copy(ckpt / name, out / f"training_{name}")
+    print(f"PublicTest accuracy of the saved model: {accuracy:.4f}")
+    print(f"wrote {out / 'model.json'} and {out / 'model_weights.h5'}")
+
+
+if __name__ == "__main__":
+    main()
