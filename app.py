@@ -15,8 +15,10 @@ def build_camera(config):
         camera.SourceError: a file source is missing or undecodable.
     """
     classifier = Classifier.from_files(config.model_path, config.weights_path)
-    detector = FaceDetector(config.scale_factor, config.min_neighbors, config.min_face_px)
-    pipeline = FramePipeline(detector, classifier, config.crop_margin)
+    detector = FaceDetector(config.scale_factor, config.min_neighbors, config.min_face_px,
+                            config.detect_width)
+    pipeline = FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
+                             config.smoothing)
     source, notice = resolve_source(config.source, config.demo_clip)
     return Camera(source, pipeline, loop=config.loop, idle_timeout_s=config.idle_timeout_s,
                   jpeg_quality=config.jpeg_quality, notice=notice)

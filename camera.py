@@ -104,9 +104,14 @@ def resolve_source(source, demo_clip, open_capture=cv2.VideoCapture):
         check_video_file(demo_clip, open_capture)
         return str(demo_clip), None
     if isinstance(source, int):
-        cap = open_capture(source)
-        ok = cap.isOpened()
-        cap.release()
+        previous = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # we say it once below
+        try:
+            cap = open_capture(source)
+            ok = cap.isOpened()
+            cap.release()
+        finally:
+            cv2.utils.logging.setLogLevel(previous)
         if ok:
             return source, None
         notice = f"No webcam could be opened at index {source}; streaming the demo clip instead."
@@ -123,7 +128,8 @@ class Camera:
 
     Args:
         source: webcam index (int), video file path or stream URL.
-        pipeline: object with ``process(frame) -> (annotated, faces)``,
+        pipeline: object with ``process(frame) -> (annotated, faces)`` and
+            optionally ``reset()`` (called when the video starts over),
             usually a ``pipeline.FramePipeline``.
         loop: replay a video file when it ends; otherwise the stream ends.
         idle_timeout_s: seconds without clients before the thread stops.
@@ -262,6 +268,7 @@ class Camera:
         interval = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 25 if self.is_file else 0.0)
         due = time.monotonic()
         empty_reads = 0
+        self._reset_pipeline()
         while True:
             with self._cond:
                 if self._idle_locked():
@@ -271,6 +278,7 @@ class Camera:
                 empty_reads += 1
                 if self.is_file and self.loop and empty_reads < 2:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    self._reset_pipeline()
                     continue
                 return
             empty_reads = 0
@@ -285,6 +293,11 @@ class Camera:
                     time.sleep(delay)
                 elif delay < -interval:
                     due = time.monotonic()  # fell behind: do not try to catch up
+
+    def _reset_pipeline(self):
+        reset = getattr(self.pipeline, "reset", None)
+        if reset:
+            reset()
 
     def _publish(self, jpeg, faces, width, height):
         with self._cond:

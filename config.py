@@ -23,6 +23,12 @@ class Config:
         scale_factor, min_neighbors, min_face_px: Haar cascade
             ``detectMultiScale`` settings (``min_face_px`` is the smallest
             face side in pixels of the full frame).
+        detect_width: frames wider than this many pixels are downscaled to
+            it for face detection (``None``: full resolution).
+        detect_every: full-frame face detection every this many frames;
+            faces are tracked in between.
+        smoothing: weight of the past in each tracked face's exponential
+            moving average of probabilities; 0 turns smoothing off.
         crop_margin: fraction of the Haar box side added on each side before
             cropping the face for the classifier.
     """
@@ -37,4 +43,7 @@ class Config:
     scale_factor: float = 1.1
     min_neighbors: int = 5
     min_face_px: int = 40
+    detect_width: int = 480
+    detect_every: int = 5
+    smoothing: float = 0.6
     crop_margin: float = 0.0

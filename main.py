@@ -8,6 +8,7 @@ Then open http://127.0.0.1:5000.
 """
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def config_from_args(args):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     from app import create_app  # deferred: --help should not wait for TensorFlow
     from camera import SourceError
     from classifier import ModelLoadError

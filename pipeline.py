@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from tracker import FaceTracker
+
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 
@@ -18,6 +20,8 @@ class Face:
 
     Attributes:
         box: ``(x, y, w, h)`` bounding box in pixels of the frame.
+        id: the tracker's id, stable while the face is followed (None
+            for a face in a single image).
         label: the most probable class name.
         confidence: its probability, in [0, 1].
         probabilities: ``{class name: probability}`` over every class.
@@ -27,10 +31,11 @@ class Face:
     label: str
     confidence: float
     probabilities: dict = field(default_factory=dict)
+    id: int = None
 
     def to_json(self):
         """The face as JSON-ready data: ``box`` a list of 4 ints, floats rounded to 4 places."""
-        return {"box": [int(v) for v in self.box], "label": self.label,
+        return {"id": self.id, "box": [int(v) for v in self.box], "label": self.label,
                 "confidence": round(float(self.confidence), 4),
                 "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()}}
 
@@ -38,29 +43,55 @@ class Face:
 class FaceDetector:
     """OpenCV's Viola-Jones Haar cascade (``haarcascade_frontalface_default.xml``).
 
+    Frames wider than ``detect_width`` are searched at that width and the
+    boxes scaled back: the cascade's cost grows with the pixel count, and a
+    face of ``min_face_px`` still spans at least the cascade's 24-pixel
+    window as long as the scale stays above ``24 / min_face_px``.
+
     Args:
         scale_factor, min_neighbors: ``detectMultiScale`` settings.
-        min_face_px: smallest face side searched for, in pixels.
+        min_face_px: smallest face side searched for, in pixels of the full frame.
+        detect_width: width in pixels the frame is downscaled to before
+            searching (``None``: search at full resolution).
     """
 
-    def __init__(self, scale_factor=1.1, min_neighbors=5, min_face_px=40):
+    WINDOW_PX = 24  # the cascade's training window
+
+    def __init__(self, scale_factor=1.1, min_neighbors=5, min_face_px=40, detect_width=None):
         self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
         if self.cascade.empty():
             raise RuntimeError(f"OpenCV could not load {cv2.data.haarcascades + CASCADE_FILE}")
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_face_px = min_face_px
+        self.detect_width = detect_width
 
-    def detect(self, gray):
-        """Find faces in a ``(H, W)`` uint8 grayscale frame.
+    def detect(self, gray, min_px=None, max_px=None):
+        """Find faces in a ``(H, W)`` uint8 grayscale frame or part of one.
+
+        Args:
+            gray: the image to search.
+            min_px, max_px: face sides searched, in pixels of ``gray``
+                (default: ``min_face_px`` up to the whole image).  A narrow
+                range is what makes a search around a tracked face cheap.
 
         Returns:
-            ``(N, 4)`` int32 array of ``(x, y, w, h)`` boxes in pixels.
+            ``(N, 4)`` int32 array of ``(x, y, w, h)`` boxes in pixels of ``gray``.
         """
+        scale = 1.0
+        if self.detect_width and gray.shape[1] > self.detect_width:
+            scale = self.detect_width / gray.shape[1]
+            gray = cv2.resize(gray, (self.detect_width, max(1, round(gray.shape[0] * scale))),
+                              interpolation=cv2.INTER_AREA)
+        min_side = max(self.WINDOW_PX, round((min_px or self.min_face_px) * scale))
+        max_side = round(max_px * scale) if max_px else 0
+        if max_side and max_side < min_side or min(gray.shape[:2]) < min_side:
+            return np.zeros((0, 4), np.int32)
         boxes = self.cascade.detectMultiScale(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(self.min_face_px, self.min_face_px))
-        return np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
+            minSize=(min_side, min_side), maxSize=(max_side, max_side))
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        return np.round(boxes / scale).astype(np.int32)
 
 
 def crop_faces(gray, boxes, size=48, margin=0.0):
@@ -115,44 +146,76 @@ def draw_faces(frame, faces):
 
 
 class FramePipeline:
-    """Detect, crop, classify (one batched call per frame) and draw.
+    """Detect or track, crop, classify (one batched call per frame) and draw.
 
     Args:
         detector: a ``FaceDetector``.
         classifier: a ``classifier.Classifier``.
         crop_margin: see ``crop_faces``.
+        detect_every: full-frame detection every this many frames, faces
+            tracked in between (see ``tracker.FaceTracker``); 1 detects on
+            every frame.
+        smoothing: weight of the past in the exponential moving average of
+            each tracked face's probabilities, in [0, 1); 0 shows each
+            frame's raw probabilities.
     """
 
-    def __init__(self, detector, classifier, crop_margin=0.0):
+    def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0):
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.detector = detector
         self.classifier = classifier
         self.crop_margin = crop_margin
+        self.smoothing = smoothing
+        self.tracker = FaceTracker(detector, detect_every)
+        self._smoothed = {}  # track id -> (C,) float32 probabilities
+
+    def reset(self):
+        """Forget tracks and smoothed probabilities (a new video or a jump in it)."""
+        self.tracker.reset()
+        self._smoothed = {}
 
     def analyse(self, frame):
-        """Find and classify the faces of one frame.
+        """Find (or follow) and classify the faces of the next video frame.
 
         Args:
             frame: ``(H, W, 3)`` BGR or ``(H, W)`` grayscale uint8 image.
 
         Returns:
-            A list of ``Face``, one per detected face.
+            A list of ``Face``, one per tracked face, with its track id.
         """
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        tracks = self.tracker.update(gray)
+        probs = self._classify(gray, [t.box for t in tracks])
+        smoothed = {}
+        for track, p in zip(tracks, probs):
+            previous = self._smoothed.get(track.id)
+            if self.smoothing and previous is not None:
+                p = self.smoothing * previous + (1.0 - self.smoothing) * p
+            smoothed[track.id] = p
+        self._smoothed = smoothed
+        return [self._face(t.box, smoothed[t.id], t.id) for t in tracks]
+
+    def analyse_image(self, image):
+        """Classify every face of a single image: full detection, no tracking or smoothing."""
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         boxes = self.detector.detect(gray)
-        if len(boxes) == 0:
-            return []
-        probs = self.classifier.predict(
-            crop_faces(gray, boxes, self.classifier.input_size, self.crop_margin))
-        labels = self.classifier.labels
-        faces = []
-        for box, p in zip(boxes, probs):
-            best = int(np.argmax(p))
-            faces.append(Face(tuple(int(v) for v in box), labels[best], float(p[best]),
-                              dict(zip(labels, (float(v) for v in p)))))
-        return faces
+        return [self._face(b, p) for b, p in zip(boxes, self._classify(gray, boxes))]
 
     def process(self, frame):
         """``analyse`` then draw: returns ``(annotated BGR copy, faces)``."""
         faces = self.analyse(frame)
         annotated = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame.copy()
         return draw_faces(annotated, faces), faces
+
+    def _classify(self, gray, boxes):
+        if len(boxes) == 0:
+            return np.zeros((0, len(self.classifier.labels)), np.float32)
+        crops = crop_faces(gray, np.asarray(boxes), self.classifier.input_size, self.crop_margin)
+        return self.classifier.predict(crops)
+
+    def _face(self, box, p, track_id=None):
+        labels = self.classifier.labels
+        best = int(np.argmax(p))
+        return Face(tuple(int(v) for v in box), labels[best], float(p[best]),
+                    dict(zip(labels, (float(v) for v in p))), track_id)

@@ -71,7 +71,7 @@ def test_crop_without_margin_is_the_box():
 def test_face_json_is_plain_data():
     face = Face((np.int32(1), 2, 3, 4), "Happy", np.float32(0.5), {"Happy": np.float32(0.5)})
     data = face.to_json()
-    assert data == {"box": [1, 2, 3, 4], "label": "Happy", "confidence": 0.5,
+    assert data == {"id": None, "box": [1, 2, 3, 4], "label": "Happy", "confidence": 0.5,
                     "probabilities": {"Happy": 0.5}}
     assert all(type(v) is int for v in data["box"])
 
@@ -80,3 +80,16 @@ def test_draw_faces_writes_label_text():
     frame = np.zeros((200, 300, 3), np.uint8)
     draw_faces(frame, [Face((50, 60, 80, 80), "Surprise", 0.87, {})])
     assert frame[60:140, 50].any() and frame[20:60, 50:200].any()
+
+
+def test_downscaled_detection_boxes_land_on_the_face(clip):
+    frame = cv2.resize(read_frames(clip)[5], (960, 720))  # upscale so 480 px is a real downscale
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    full = FaceDetector().detect(gray)
+    fast = FaceDetector(detect_width=480).detect(gray)
+    assert len(full) == len(fast) == 1
+    (x0, y0, w0, h0), (x1, y1, w1, h1) = full[0], fast[0]
+    overlap_w = max(0, min(x0 + w0, x1 + w1) - max(x0, x1))
+    overlap_h = max(0, min(y0 + h0, y1 + h1) - max(y0, y1))
+    union = w0 * h0 + w1 * h1 - overlap_w * overlap_h
+    assert overlap_w * overlap_h / union > 0.7  # intersection over union

@@ -1,0 +1,1 @@
+"""Measurements of the server and its pipeline; each module prints its figures."""
