@@ -7,18 +7,27 @@ from config import Config
 from pipeline import FaceDetector, FramePipeline
 
 
+def build_pipeline(config):
+    """Load the model and assemble the configured ``FramePipeline``.
+
+    Raises:
+        classifier.ModelLoadError: the model files cannot be loaded.
+    """
+    classifier = Classifier.from_files(config.model_path, config.weights_path)
+    detector = FaceDetector(config.scale_factor, config.min_neighbors, config.min_face_px,
+                            config.detect_width)
+    return FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
+                         config.smoothing)
+
+
 def build_camera(config):
-    """Load the model and open the configured source as a ``Camera``.
+    """``build_pipeline``, then open the configured source as a ``Camera``.
 
     Raises:
         classifier.ModelLoadError: the model files cannot be loaded.
         camera.SourceError: a file source is missing or undecodable.
     """
-    classifier = Classifier.from_files(config.model_path, config.weights_path)
-    detector = FaceDetector(config.scale_factor, config.min_neighbors, config.min_face_px,
-                            config.detect_width)
-    pipeline = FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
-                             config.smoothing)
+    pipeline = build_pipeline(config)
     source, notice = resolve_source(config.source, config.demo_clip)
     return Camera(source, pipeline, loop=config.loop, idle_timeout_s=config.idle_timeout_s,
                   jpeg_quality=config.jpeg_quality, notice=notice)

@@ -8,10 +8,10 @@ the same bytes.  The thread releases the source ``idle_timeout_s`` seconds
 after the last client leaves and starts again with the next one (the
 pattern of Miguel Grinberg's flask-video-streaming).
 """
+import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -26,7 +26,7 @@ class SourceError(RuntimeError):
     """A video source does not exist or cannot be decoded."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Frame:
     """One processed frame, as published to every client.
 
@@ -37,6 +37,9 @@ class Frame:
         faces: the ``pipeline.Face`` list of this frame.
         width, height: frame size in pixels.
         timestamp: ``time.time()`` when it was published, seconds.
+        timings: ms per stage for this frame: ``decode``, the pipeline's
+            stages (``detect``, ``classify``, ``draw``), ``encode``, and
+            ``total`` from the start of decoding to publication.
     """
 
     seq: int
@@ -46,6 +49,7 @@ class Frame:
     width: int
     height: int
     timestamp: float
+    timings: dict
 
 
 def mjpeg_part(jpeg):
@@ -136,13 +140,14 @@ class Camera:
         jpeg_quality: 0-100.
         notice: a sentence shown on the page (e.g. the webcam fallback).
         open_capture: ``cv2.VideoCapture`` or a stand-in (tests count calls).
-
-    A video file is paced at its own frame rate (``CAP_PROP_FPS``); webcams
-    and streams deliver at theirs.
+        pace: play a video file at its own frame rate (``CAP_PROP_FPS``);
+            False processes it as fast as the CPU allows (benchmarks).
+            Webcams and streams deliver at their own rate either way.
+        on_frame: called in the capture thread with each published ``Frame``.
     """
 
     def __init__(self, source, pipeline, *, loop=True, idle_timeout_s=5.0, jpeg_quality=80,
-                 notice=None, open_capture=cv2.VideoCapture):
+                 notice=None, open_capture=cv2.VideoCapture, pace=True, on_frame=None):
         self.source = source
         self.pipeline = pipeline
         self.loop = loop
@@ -150,6 +155,8 @@ class Camera:
         self.jpeg_quality = jpeg_quality
         self.notice = notice
         self.open_capture = open_capture
+        self.pace = pace
+        self.on_frame = on_frame
         self.is_file = not isinstance(source, int) and not is_url(source)
         self._cond = threading.Condition()
         self._device = threading.Lock()  # held from open to release of the capture
@@ -264,8 +271,8 @@ class Camera:
                     self._cond.notify_all()
 
     def _capture_loop(self, cap, run):
-        fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
-        interval = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 25 if self.is_file else 0.0)
+        fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file and self.pace else 0.0
+        interval = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 25 if self.is_file and self.pace else 0.0)
         due = time.monotonic()
         empty_reads = 0
         self._reset_pipeline()
@@ -273,7 +280,9 @@ class Camera:
             with self._cond:
                 if self._idle_locked():
                     return
+            started = time.perf_counter()
             ok, frame = cap.read()
+            decoded = time.perf_counter()
             if not ok or frame is None:
                 empty_reads += 1
                 if self.is_file and self.loop and empty_reads < 2:
@@ -283,9 +292,15 @@ class Camera:
                 return
             empty_reads = 0
             annotated, faces = self.pipeline.process(frame)
+            processed = time.perf_counter()
             ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if ok:
-                self._publish(jpeg.tobytes(), faces, frame.shape[1], frame.shape[0])
+                jpeg = jpeg.tobytes()
+                done = time.perf_counter()
+                timings = {"decode": (decoded - started) * 1e3,
+                           **getattr(self.pipeline, "timings", {}),
+                           "encode": (done - processed) * 1e3, "total": (done - started) * 1e3}
+                self._publish(jpeg, faces, frame.shape[1], frame.shape[0], timings)
             if interval:
                 due += interval
                 delay = due - time.monotonic()
@@ -299,8 +314,11 @@ class Camera:
         if reset:
             reset()
 
-    def _publish(self, jpeg, faces, width, height):
+    def _publish(self, jpeg, faces, width, height, timings):
+        frame = Frame(0, jpeg, mjpeg_part(jpeg), faces, width, height, time.time(), timings)
         with self._cond:
             self._seq += 1
-            self._frame = Frame(self._seq, jpeg, mjpeg_part(jpeg), faces, width, height, time.time())
+            self._frame = frame = dataclasses.replace(frame, seq=self._seq)
             self._cond.notify_all()
+        if self.on_frame:
+            self.on_frame(frame)

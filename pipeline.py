@@ -4,6 +4,7 @@ Nothing here opens a camera or a server: ``FramePipeline.process`` takes a
 BGR frame and returns the annotated frame and the faces, so it is tested on
 plain arrays.
 """
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -169,6 +170,9 @@ class FramePipeline:
         self.smoothing = smoothing
         self.tracker = FaceTracker(detector, detect_every)
         self._smoothed = {}  # track id -> (C,) float32 probabilities
+        #: ms spent on the last frame per stage: ``detect`` (grayscale, detection or
+        #: tracking), ``classify`` (crop, inference, smoothing), ``draw``.
+        self.timings = {}
 
     def reset(self):
         """Forget tracks and smoothed probabilities (a new video or a jump in it)."""
@@ -184,8 +188,10 @@ class FramePipeline:
         Returns:
             A list of ``Face``, one per tracked face, with its track id.
         """
+        started = time.perf_counter()
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         tracks = self.tracker.update(gray)
+        detected = time.perf_counter()
         probs = self._classify(gray, [t.box for t in tracks])
         smoothed = {}
         for track, p in zip(tracks, probs):
@@ -194,7 +200,10 @@ class FramePipeline:
                 p = self.smoothing * previous + (1.0 - self.smoothing) * p
             smoothed[track.id] = p
         self._smoothed = smoothed
-        return [self._face(t.box, smoothed[t.id], t.id) for t in tracks]
+        faces = [self._face(t.box, smoothed[t.id], t.id) for t in tracks]
+        self.timings = {"detect": (detected - started) * 1e3,
+                        "classify": (time.perf_counter() - detected) * 1e3}
+        return faces
 
     def analyse_image(self, image):
         """Classify every face of a single image: full detection, no tracking or smoothing."""
@@ -205,8 +214,11 @@ class FramePipeline:
     def process(self, frame):
         """``analyse`` then draw: returns ``(annotated BGR copy, faces)``."""
         faces = self.analyse(frame)
+        started = time.perf_counter()
         annotated = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame.copy()
-        return draw_faces(annotated, faces), faces
+        draw_faces(annotated, faces)
+        self.timings["draw"] = (time.perf_counter() - started) * 1e3
+        return annotated, faces
 
     def _classify(self, gray, boxes):
         if len(boxes) == 0:

@@ -95,30 +95,39 @@ def measure(server, port, clients, seconds):
             "server_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1)}
 
 
+def run_clients(source, client_counts, seconds):
+    """Serve ``source`` with main.py and measure each client count in turn; prints and returns the figures."""
+    port = free_port()
+    launched = time.monotonic()
+    server = start_server(source, port)
+    try:
+        wait_first_frame(server, port)
+        startup = time.monotonic() - launched
+        print(f"source {source}: first frame {startup:.1f} s after launching main.py", flush=True)
+        results = []
+        for n in client_counts:
+            results.append(measure(server, port, n, seconds))
+            r = results[-1]
+            print(f"{n:3d} client(s): {r['fps_per_client_mean']:.1f} fps per client "
+                  f"(slowest {r['fps_per_client_min']:.1f}), server CPU {r['server_cpu_percent']:.0f}% "
+                  "of one core", flush=True)
+        if len(results) > 1 and results[0]["server_cpu_percent"]:
+            ratio = results[-1]["server_cpu_percent"] / results[0]["server_cpu_percent"]
+            print(f"CPU with {client_counts[-1]} clients / with {client_counts[0]}: {ratio:.2f}x")
+        return {"source": source, "startup_s": round(startup, 2), "runs": results}
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="demo", help="what main.py streams (default: demo)")
     p.add_argument("--clients", default="1,5", help="comma-separated client counts")
     p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args(argv)
-    port = free_port()
-    launched = time.monotonic()
-    server = start_server(args.source, port)
-    try:
-        wait_first_frame(server, port)
-        startup = time.monotonic() - launched
-        print(f"source {args.source}: first frame {startup:.1f} s after launching main.py", flush=True)
-        results = []
-        for n in (int(v) for v in args.clients.split(",")):
-            results.append(measure(server, port, n, args.seconds))
-            r = results[-1]
-            print(f"{n:3d} client(s): {r['fps_per_client_mean']:.1f} fps per client "
-                  f"(slowest {r['fps_per_client_min']:.1f}), server CPU {r['server_cpu_percent']:.0f}% "
-                  "of one core", flush=True)
-        print(json.dumps({"source": args.source, "startup_s": round(startup, 2), "runs": results}))
-    finally:
-        server.terminate()
-        server.wait(10)
+    result = run_clients(args.source, [int(v) for v in args.clients.split(",")], args.seconds)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""Benchmark the frame pipeline on a video, as fast as the CPU allows.
+
+    python -m bench --source video.mp4 [--seconds 10] [--baseline] [--json]
+    python -m bench --source video.mp4 --clients 50 [--seconds 10] [--json]
+
+The fast path is the server's own code: a ``camera.Camera`` without frame-rate
+pacing, running the configured ``pipeline.FramePipeline`` (decode, detect or
+track, classify, draw, JPEG-encode) on the video, looped until ``--seconds``
+have passed and at least once through.  ``--baseline`` also runs the naive
+pipeline (full-resolution Haar on every frame with scaleFactor 1.1 and
+minNeighbors 5, one ``model.predict`` call per face) on one pass of the same
+video and prints both side by side.  Face counts compare the first pass of
+each.  ``--clients N`` instead serves the video through ``main.py`` and reads
+``/video_feed`` with 1 and then N concurrent clients (see ``bench.clients``).
+"""
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config import Config  # noqa: E402
+
+STAGES = ("decode", "detect", "classify", "draw", "encode")
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def count_frames(path):
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+def summarise(name, records, pass_frames, wall_s, cpu_s):
+    """Figures of one run; ``records`` holds ``(timings dict, number of faces)`` per frame."""
+    first = records[:pass_frames]
+    totals = np.array([t["total"] for t, _ in records])
+    stages = {}
+    for stage in STAGES:
+        values = np.array([t.get(stage, 0.0) for t, _ in records])
+        stages[stage] = {"mean": round(float(values.mean()), 3),
+                         "p50": round(float(np.percentile(values, 50)), 3),
+                         "p95": round(float(np.percentile(values, 95)), 3)}
+    return {
+        "pipeline": name, "frames": len(records), "seconds": round(wall_s, 2),
+        "fps": round(len(records) / wall_s, 1),
+        "p50_ms": round(float(np.percentile(totals, 50)), 2),
+        "p95_ms": round(float(np.percentile(totals, 95)), 2),
+        "pass_frames": len(first),
+        "frames_with_face": sum(1 for _, n in first if n),
+        "faces_classified": sum(n for _, n in first),
+        "cpu_percent": round(100 * cpu_s / wall_s, 1),
+        "stages": stages,
+    }
+
+
+def run_fast(source, config, seconds, pass_frames):
+    """The server's own Camera + FramePipeline, unpaced."""
+    from app import build_pipeline
+    from camera import Camera
+
+    pipeline = build_pipeline(config)
+    records = []
+
+    def on_frame(frame):
+        records.append((frame.timings, len(frame.faces)))
+
+    camera = Camera(str(source), pipeline, loop=True, pace=False, jpeg_quality=config.jpeg_quality,
+                    on_frame=on_frame)
+    # warm up the classifier's graph outside the measurement
+    pipeline.classifier.predict(np.zeros((1, 48, 48, 1), np.float32))
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    for _ in camera.frames():
+        if time.perf_counter() - t0 >= seconds and len(records) >= pass_frames:
+            break
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    camera.close()
+    return summarise("fast", records, pass_frames, wall, cpu)
+
+
+def run_baseline(source, config, seconds):
+    """The naive pipeline: full-resolution Haar every frame, model.predict per face."""
+    from classifier import load_model
+    from pipeline import CASCADE_FILE, Face, crop_faces, draw_faces
+
+    model, labels = load_model(config.model_path, config.weights_path)
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
+    model.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0)
+    cap = cv2.VideoCapture(str(source))
+    records = []
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    while True:
+        s = time.perf_counter()
+        ok, frame = cap.read()
+        if not ok:
+            break
+        d = time.perf_counter()
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        boxes = np.asarray(cascade.detectMultiScale(gray, 1.1, 5)).reshape(-1, 4)
+        t = time.perf_counter()
+        faces = []
+        for box in boxes:
+            p = model.predict(crop_faces(gray, box[None]), verbose=0)[0]
+            best = int(np.argmax(p))
+            faces.append(Face(tuple(box), labels[best], float(p[best])))
+        c = time.perf_counter()
+        annotated = draw_faces(frame.copy(), faces)
+        w = time.perf_counter()
+        cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+        e = time.perf_counter()
+        records.append(({"decode": (d - s) * 1e3, "detect": (t - d) * 1e3, "classify": (c - t) * 1e3,
+                         "draw": (w - c) * 1e3, "encode": (e - w) * 1e3, "total": (e - s) * 1e3},
+                        len(faces)))
+        if time.perf_counter() - t0 > max(seconds, 120):
+            break
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    return summarise("baseline", records, len(records), wall, cpu)
+
+
+def print_table(results):
+    names = [r["pipeline"] for r in results]
+    rows = [("frames", "frames"), ("fps", "fps"), ("p50 ms / frame", "p50_ms"),
+            ("p95 ms / frame", "p95_ms"), ("frames with a face (1st pass)", "frames_with_face"),
+            ("faces classified (1st pass)", "faces_classified"), ("CPU % of one core", "cpu_percent")]
+    header = f"{'':32s}" + "".join(f"{n:>20s}" for n in names)
+    if len(results) == 2:
+        header += f"{'ratio':>10s}"
+    print(header)
+    for label, key in rows:
+        line = f"{label:32s}" + "".join(f"{r[key]:>20}" for r in results)
+        if len(results) == 2 and results[1][key]:
+            line += f"{results[0][key] / results[1][key]:>10.2f}"
+        print(line)
+    for stage in STAGES:
+        print(f"{stage + ' ms mean/p50/p95':32s}" + "".join(
+            f"{'{mean:.2f}/{p50:.2f}/{p95:.2f}'.format(**r['stages'][stage]):>20s}" for r in results))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", required=True, help="a video file")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--baseline", action="store_true", help="also run the naive pipeline")
+    p.add_argument("--clients", type=int, help="serve through main.py to N HTTP clients instead")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.add_argument("--detect-every", type=int, help="override config.detect_every")
+    p.add_argument("--detect-width", type=int, help="override config.detect_width (0: full resolution)")
+    args = p.parse_args(argv)
+    source = Path(args.source)
+    if not source.is_file() or count_frames(source) == 0:
+        sys.exit(f"error: {source} is not a video OpenCV can decode")
+
+    if args.clients:
+        from bench.clients import run_clients
+
+        result = run_clients(str(source), [1, args.clients], args.seconds)
+        if args.json:
+            print(json.dumps(result))
+        return
+
+    overrides = {}
+    if args.detect_every:
+        overrides["detect_every"] = args.detect_every
+    if args.detect_width is not None:
+        overrides["detect_width"] = args.detect_width or None
+    config = Config(source=str(source), **overrides)
+    cap = cv2.VideoCapture(str(source))
+    size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
+    video_fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    pass_frames = count_frames(source)
+    print(f"{source.name}: {size}, {pass_frames} frames at {video_fps:g} fps; "
+          f"detect_every={config.detect_every}, detect_width={config.detect_width}", flush=True)
+    results = [run_fast(source, config, args.seconds, pass_frames)]
+    if args.baseline:
+        results.append(run_baseline(source, config, args.seconds))
+    print_table(results)
+    if args.json:
+        out = dict(results[0], video=source.name, size=size, video_fps=video_fps)
+        if args.baseline:
+            out["baseline"] = results[1]
+            out["speedup"] = round(results[0]["fps"] / results[1]["fps"], 2)
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
