@@ -1,21 +1,27 @@
-"""The Flask application: the page, the MJPEG stream and the faces as JSON."""
-from flask import Flask, Response, jsonify, render_template
+"""The Flask application: the page, the MJPEG stream, and the JSON API."""
+import json
+import threading
+import time
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from camera import BOUNDARY, Camera, resolve_source
 from classifier import Classifier
 from config import Config
+from images import ImageError, decode_image
 from pipeline import FaceDetector, FramePipeline
 
 
-def build_pipeline(config):
-    """Load the model and assemble the configured ``FramePipeline``.
+def build_pipeline(config, classifier=None, detect_width=None):
+    """Load the model (unless given) and assemble the configured ``FramePipeline``.
 
     Raises:
         classifier.ModelLoadError: the model files cannot be loaded.
     """
-    classifier = Classifier.from_files(config.model_path, config.weights_path)
+    classifier = classifier or Classifier.from_files(config.model_path, config.weights_path)
     detector = FaceDetector(config.scale_factor, config.min_neighbors, config.min_face_px,
-                            config.detect_width)
+                            detect_width or config.detect_width)
     return FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
                          config.smoothing)
 
@@ -33,6 +39,12 @@ def build_camera(config):
                   jpeg_quality=config.jpeg_quality, notice=notice)
 
 
+def faces_payload(faces, width, height, model):
+    """The JSON shape shared by ``/api/predict``, ``/api/faces`` and ``/api/events``."""
+    return {"faces": [face.to_json() for face in faces], "width": width, "height": height,
+            "model": model}
+
+
 def create_app(config=None, camera=None):
     """Application factory.
 
@@ -41,20 +53,44 @@ def create_app(config=None, camera=None):
         camera: an existing ``camera.Camera``; built from ``config`` if None.
 
     Routes:
-        ``GET /``: the page with the live stream and the current faces.
+        ``GET /``: the page: live stream, faces and their probabilities, upload, browser camera.
         ``GET /video_feed``: MJPEG, ``multipart/x-mixed-replace; boundary=frame``.
-        ``GET /api/faces``: the faces of the latest frame as JSON.
+        ``GET /api/faces``: the faces of the latest frame.
+        ``GET /api/events``: the same as server-sent events, at most every
+            ``config.events_interval_s`` seconds.
+        ``POST /api/predict``: the faces of one uploaded image (multipart field
+            ``image``, or the raw bytes with an ``image/*`` content type).
+        Errors under ``/api/`` are JSON ``{"error": "..."}`` with a 4xx status.
     """
     config = config or Config()
     camera = camera or build_camera(config)
-    model_name = getattr(camera.pipeline, "classifier", None)
-    model_name = getattr(getattr(model_name, "model", None), "name", "unknown")
+    classifier = getattr(camera.pipeline, "classifier", None)
+    model_name = getattr(getattr(classifier, "model", None), "name", "unknown")
+    # Uploads get their own detector (OpenCV cascades are not shared across
+    # threads) searching larger images at a higher resolution than video frames.
+    image_pipeline = build_pipeline(config, classifier, config.image_detect_width) if classifier else None
+    image_lock = threading.Lock()
+
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.extensions["camera"] = camera
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        if request.path.startswith("/api/"):
+            message = "upload larger than the limit of {:,} bytes".format(config.max_upload_bytes) \
+                if e.code == 413 else e.description
+            return jsonify(error=message), e.code
+        return e
+
+    @app.errorhandler(ImageError)
+    def image_error(e):
+        return jsonify(error=str(e)), e.status
 
     @app.get("/")
     def index():
-        return render_template("index.html", source=camera.name, notice=camera.notice)
+        return render_template("index.html", source=camera.name, notice=camera.notice,
+                               labels=list(classifier.labels) if classifier else [])
 
     @app.get("/video_feed")
     def video_feed():
@@ -62,18 +98,48 @@ def create_app(config=None, camera=None):
         return Response(parts, mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                         headers={"Cache-Control": "no-store"})
 
+    def live_payload(frame):
+        payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,
+                                frame.height if frame else None, model_name)
+        payload.update(source=camera.name, notice=camera.notice, error=camera.error,
+                       frame=frame.seq if frame else None)
+        return payload
+
     @app.get("/api/faces")
     def faces():
-        frame = camera.latest()
-        return jsonify({
-            "faces": [face.to_json() for face in frame.faces] if frame else [],
-            "width": frame.width if frame else None,
-            "height": frame.height if frame else None,
-            "model": model_name,
-            "source": camera.name,
-            "notice": camera.notice,
-            "error": camera.error,
-            "frame": frame.seq if frame else None,
-        })
+        return jsonify(live_payload(camera.latest()))
+
+    @app.get("/api/events")
+    def events():
+        def stream():
+            yield "retry: 2000\n\n"
+            last = 0.0
+            for frame in camera.frames():
+                if time.monotonic() - last >= config.events_interval_s:
+                    last = time.monotonic()
+                    yield f"data: {json.dumps(live_payload(frame))}\n\n"
+
+        return Response(stream(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.post("/api/predict")
+    def predict():
+        if image_pipeline is None:
+            return jsonify(error="this server has no classifier"), 503
+        if request.files:
+            upload = request.files.get("image")
+            if upload is None:
+                raise ImageError(f"send the image in the multipart field 'image' "
+                                 f"(got {', '.join(sorted(request.files))})")
+            data = upload.read()
+        elif request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
+            data = request.get_data()
+        else:
+            raise ImageError("send an image as multipart field 'image' or as the request body "
+                             "with an image/* content type", status=415)
+        image = decode_image(data, config.max_image_pixels)
+        with image_lock:
+            found = image_pipeline.analyse_image(image)
+        return jsonify(faces_payload(found, image.shape[1], image.shape[0], model_name))
 
     return app

@@ -29,6 +29,11 @@ class Config:
             faces are tracked in between.
         smoothing: weight of the past in each tracked face's exponential
             moving average of probabilities; 0 turns smoothing off.
+        image_detect_width: like ``detect_width``, for uploaded images.
+        max_upload_bytes: larger request bodies get 413.
+        max_image_pixels: images whose header declares more pixels get 413
+            before any decoding.
+        events_interval_s: least time between two ``/api/events`` messages.
         crop_margin: fraction of the Haar box side added on each side before
             cropping the face for the classifier.
     """
@@ -47,3 +52,7 @@ class Config:
     detect_every: int = 5
     smoothing: float = 0.6
     crop_margin: float = 0.0
+    image_detect_width: int = 1280
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    events_interval_s: float = 0.2

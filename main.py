@@ -3,6 +3,7 @@
     python main.py                      # webcam 0, or the demo clip without one
     python main.py --source video.mp4   # a video file, looped
     python main.py --source demo        # the bundled demo clip
+    python main.py --source in.mp4 --output annotated.mp4 --csv faces.csv   # offline, no server
 
 Then open http://127.0.0.1:5000.
 """
@@ -26,6 +27,10 @@ def parse_args(argv=None):
     p.add_argument("--model", default=str(defaults.model_path), help="Keras JSON architecture")
     p.add_argument("--weights", default=str(defaults.weights_path), help="classic Keras HDF5 weights")
     p.add_argument("--no-loop", action="store_true", help="end the stream at the end of a video file")
+    p.add_argument("--output", help="analyse the --source video offline (no server) and write it "
+                                    "annotated to this file (.mp4 or .avi)")
+    p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
+                                 "per frame to this CSV file")
     return p.parse_args(argv)
 
 
@@ -39,10 +44,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    from app import create_app  # deferred: --help should not wait for TensorFlow
+    from app import build_pipeline, create_app  # deferred: --help should not wait for TensorFlow
     from camera import SourceError
     from classifier import ModelLoadError
 
+    if args.output or args.csv:
+        return analyse(args, build_pipeline, (ModelLoadError, SourceError, OSError))
     try:
         app = create_app(config_from_args(args))
     except (ModelLoadError, SourceError) as e:
@@ -50,6 +57,27 @@ def main(argv=None):
         return 2
     logging.info("serving %s on http://%s:%d", app.extensions["camera"].name, args.host, args.port)
     app.run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+def analyse(args, build_pipeline, errors):
+    """Offline mode: analyse --source into --output and/or --csv; returns the exit code."""
+    from analyse import analyse_video, summary_text
+
+    if args.source.strip().isdigit() or "://" in args.source:
+        print("error: --output and --csv analyse a video file; give its path with --source",
+              file=sys.stderr)
+        return 2
+    try:
+        pipeline = build_pipeline(config_from_args(args))
+        summary = analyse_video(args.source, pipeline, args.output, args.csv)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_text(summary, args.source))
+    for path in (args.output, args.csv):
+        if path:
+            print(f"wrote {path}")
     return 0
 
 

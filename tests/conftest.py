@@ -77,6 +77,22 @@ def make_camera():
 
 
 @pytest.fixture
+def make_app():
+    """``app.create_app`` whose camera is closed after the test."""
+    from app import create_app
+
+    apps = []
+
+    def make(*args, **kwargs):
+        apps.append(create_app(*args, **kwargs))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["camera"].close()
+
+
+@pytest.fixture
 def pass_through():
     return PassThrough()
 

@@ -15,20 +15,6 @@ def app_config(clip, tiny_model_files):
 
 
 @pytest.fixture
-def make_app():
-    """``create_app`` whose camera is closed after the test."""
-    apps = []
-
-    def make(*args, **kwargs):
-        apps.append(create_app(*args, **kwargs))
-        return apps[-1]
-
-    yield make
-    for app in apps:
-        app.extensions["camera"].close()
-
-
-@pytest.fixture
 def client(app_config, make_app):
     return make_app(app_config).test_client()
 

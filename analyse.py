@@ -1,0 +1,130 @@
+"""Offline analysis of a video file: annotated video and per-face CSV.
+
+    python main.py --source in.mp4 --output annotated.mp4 --csv faces.csv
+
+Runs the same ``FramePipeline`` as the server on every frame, as fast as the
+CPU allows.  Outputs are written beside their final names and renamed into
+place only when the whole video has been processed, so a failure never
+leaves a partial file under the final name.
+"""
+import csv
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+
+from camera import SourceError, check_video_file
+
+#: The CSV columns: seconds and pixels, then one probability column per class.
+CSV_COLUMNS = ("frame", "time_s", "face_id", "x", "y", "w", "h", "label", "confidence")
+
+FOURCC_BY_SUFFIX = {".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".mp4": "mp4v", ".m4v": "mp4v"}
+
+
+def _temporary(path):
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
+
+
+def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
+    """Process every frame of ``source``; write the annotated video and/or the CSV.
+
+    Args:
+        source: path of a video file.
+        pipeline: a ``pipeline.FramePipeline`` (tracking and smoothing apply).
+        output: annotated video path (same size and frame rate as the
+            input; MPEG-4 Part 2 for .mp4/.mov/.mkv, Motion JPEG for .avi).
+        csv_path: one row per face per frame: ``frame,time_s,face_id,x,y,w,h,
+            label,confidence`` and one probability column per class (lower case).
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        A summary dict: ``frames``, ``frames_with_face``, ``faces``,
+        ``seconds`` (processing time), ``fps`` (frames processed per second),
+        ``video_seconds`` and ``share`` (``{label: fraction of face
+        observations}``).
+
+    Raises:
+        camera.SourceError: the input is missing or cannot be decoded.
+        OSError: an output cannot be written.
+    """
+    from tqdm import tqdm
+
+    check_video_file(source)
+    cap = cv2.VideoCapture(str(source))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if 1.0 <= fps <= 240.0 else 25.0
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    labels = pipeline.classifier.labels
+    temporaries = []
+    writer = table = csv_file = None
+    try:
+        if output:
+            temporaries.append((_temporary(output), Path(output)))
+            fourcc = FOURCC_BY_SUFFIX.get(Path(output).suffix.lower(), "mp4v")
+            writer = cv2.VideoWriter(str(temporaries[-1][0]), cv2.VideoWriter_fourcc(*fourcc), fps,
+                                     (width, height))
+            if not writer.isOpened():
+                raise OSError(f"OpenCV cannot write a video to {output}")
+        if csv_path:
+            temporaries.append((_temporary(csv_path), Path(csv_path)))
+            csv_file = open(temporaries[-1][0], "w", newline="", encoding="utf-8")
+            table = csv.writer(csv_file)
+            table.writerow(CSV_COLUMNS + tuple(name.lower() for name in labels))
+        pipeline.reset()
+        counts = Counter()
+        frames = frames_with_face = 0
+        started = time.perf_counter()
+        with tqdm(total=total, unit="frame", disable=not progress, desc=Path(source).name) as bar:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                annotated, faces = pipeline.process(frame)
+                if writer:
+                    writer.write(annotated)
+                for face in faces:
+                    counts[face.label] += 1
+                    if table:
+                        table.writerow([frames, f"{frames / fps:.3f}", face.id, *face.box, face.label,
+                                        f"{face.confidence:.4f}",
+                                        *(f"{face.probabilities[name]:.4f}" for name in labels)])
+                frames += 1
+                frames_with_face += bool(faces)
+                bar.update()
+        elapsed = time.perf_counter() - started
+        if frames == 0:
+            raise SourceError(f"video file {source} has no decodable frame")
+        if writer:
+            writer.release()
+        if csv_file:
+            csv_file.close()
+        for tmp, final in temporaries:
+            os.replace(tmp, final)
+        temporaries = []
+    finally:
+        cap.release()
+        if writer:
+            writer.release()
+        if csv_file:
+            csv_file.close()
+        for tmp, _ in temporaries:
+            tmp.unlink(missing_ok=True)
+    faces_total = sum(counts.values())
+    return {"frames": frames, "frames_with_face": frames_with_face, "faces": faces_total,
+            "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 1),
+            "video_seconds": round(frames / fps, 2),
+            "share": {name: round(counts[name] / faces_total, 4) if faces_total else 0.0 for name in labels}}
+
+
+def summary_text(summary, source):
+    """The one-paragraph summary printed at the end of an analysis."""
+    share = sorted(summary["share"].items(), key=lambda kv: -kv[1])
+    emotions = ", ".join(f"{name} {value:.0%}" for name, value in share if value > 0) or "no face found"
+    return (f"{Path(source).name}: {summary['frames']} frames ({summary['video_seconds']:.1f} s of video) "
+            f"analysed in {summary['seconds']:.1f} s ({summary['fps']:.0f} frames/s); "
+            f"{summary['faces']} faces in {summary['frames_with_face']} frames. "
+            f"Share of face observations per expression: {emotions}.")

@@ -1,0 +1,116 @@
+import io
+import json
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from classifier import FER2013_LABELS
+from config import Config
+
+
+@pytest.fixture
+def client(clip, tiny_model_files, make_app):
+    model_path, weights_path = tiny_model_files
+    return make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path,
+                           max_upload_bytes=2 * 1024 * 1024)).test_client()
+
+
+def photo(faces, names=("Happy", "Surprise"), side=150):
+    """A JPEG of the named fixture faces, enlarged, side by side on grey."""
+    canvas = np.full((side + 100, len(names) * (side + 60) + 60), 170, np.uint8)
+    for i, name in enumerate(names):
+        x = 60 + i * (side + 60)
+        canvas[50:50 + side, x:x + side] = cv2.resize(faces[name], (side, side), interpolation=cv2.INTER_CUBIC)
+    return cv2.imencode(".jpg", canvas)[1].tobytes()
+
+
+def check_faces(data, n):
+    assert len(data["faces"]) == n
+    for face in data["faces"]:
+        assert face["label"] in FER2013_LABELS
+        assert set(face["probabilities"]) == set(FER2013_LABELS)
+        assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+        assert face["confidence"] == max(face["probabilities"].values())
+        assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
+
+
+def test_predict_multipart(client, faces):
+    body = photo(faces)
+    r = client.post("/api/predict", data={"image": (io.BytesIO(body), "faces.jpg")})
+    assert r.status_code == 200, r.get_json()
+    data = r.get_json()
+    assert data["width"] == 480 and data["height"] == 250 and data["model"] == "fer_vgg4"
+    check_faces(data, 2)
+
+
+def test_predict_raw_body(client, faces):
+    png = cv2.imencode(".png", cv2.cvtColor(cv2.imdecode(np.frombuffer(photo(faces, ("Sad",)), np.uint8),
+                                                         cv2.IMREAD_COLOR), cv2.COLOR_BGR2BGRA))[1]
+    r = client.post("/api/predict", data=png.tobytes(), content_type="image/png")
+    assert r.status_code == 200
+    check_faces(r.get_json(), 1)
+
+
+def test_no_face_is_an_empty_list(client):
+    blank = cv2.imencode(".jpg", np.full((100, 100, 3), 200, np.uint8))[1].tobytes()
+    r = client.post("/api/predict", data=blank, content_type="image/jpeg")
+    assert r.status_code == 200 and r.get_json()["faces"] == []
+
+
+def png_header_only(width, height):
+    """A PNG that declares width x height pixels but holds almost no data (a decompression bomb)."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) \
+        + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    ({"data": b"hello, not an image", "content_type": "image/jpeg"}, 400, "not an image"),
+    ({"data": b"", "content_type": "image/jpeg"}, 400, "no image data"),
+    ({"data": {"photo": (io.BytesIO(b"x"), "a.jpg")}}, 400, "field 'image'"),
+    ({"data": b"{}", "content_type": "application/json"}, 415, "image/*"),
+    ({"data": png_header_only(20000, 20000), "content_type": "image/png"}, 413, "too large"),
+    ({"data": png_header_only(8000, 6000), "content_type": "image/png"}, 413, "8000x6000"),
+    ({"data": b"\x00" * (3 * 1024 * 1024), "content_type": "image/jpeg"}, 413, "bytes"),
+])
+def test_bad_uploads_get_json_4xx(client, kwargs, status, words):
+    r = client.post("/api/predict", **kwargs)
+    assert r.status_code == status
+    assert words in r.get_json()["error"]
+
+
+def test_truncated_jpeg_is_refused(client, faces):
+    body = photo(faces)
+    r = client.post("/api/predict", data=body[: len(body) // 2], content_type="image/jpeg")
+    assert r.status_code == 400 and "truncated" in r.get_json()["error"]
+
+
+def test_stream_keeps_serving_after_bad_uploads(client):
+    client.post("/api/predict", data=b"junk", content_type="image/jpeg")
+    response = client.get("/video_feed")
+    first = next(iter(response.response))
+    response.close()
+    assert first.startswith(b"--frame\r\nContent-Type: image/jpeg")
+
+
+def test_events_stream_faces(client):
+    response = client.get("/api/events")
+    assert response.mimetype == "text/event-stream"
+    chunks = iter(response.response)
+    assert next(chunks).startswith(b"retry:")
+    event = next(chunks).decode()
+    response.close()
+    assert event.startswith("data: ") and event.endswith("\n\n")
+    data = json.loads(event[len("data: "):])
+    assert data["width"] == 320 and data["source"] == "clip.mp4"
+    check_faces(data, len(data["faces"]))
+
+
+def test_unknown_api_route_is_json(client):
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and "error" in r.get_json()
