@@ -9,7 +9,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageError(ValueError):
@@ -28,7 +28,8 @@ def decode_image(data, max_pixels=40_000_000):
         max_pixels: largest width x height accepted, checked on the header.
 
     Returns:
-        ``(H, W, 3)`` uint8 BGR array (OpenCV's channel order).
+        ``(H, W, 3)`` uint8 BGR array (OpenCV's channel order), turned
+        upright by its EXIF orientation as browsers show it.
 
     Raises:
         ImageError: 400 for empty, unrecognised, corrupt or truncated data;
@@ -47,6 +48,7 @@ def decode_image(data, max_pixels=40_000_000):
             if width == 0 or height == 0:
                 raise ImageError("image has no pixels")
             image.load()  # decodes; raises OSError on truncated data
+            image = ImageOps.exif_transpose(image)  # phone photos: as the browser shows them
             rgb = np.asarray(image.convert("RGB"))
     except ImageError:
         raise

@@ -1,0 +1,90 @@
+"""The page in a real headless browser: Debian's Chromium driven by Playwright.
+
+Skipped, with the reason, where Chromium or Playwright is missing; ``.ci/run``
+installs both.  The screenshot is saved as ``browser_page.png`` in pytest's
+temporary directory, or in ``$SCREENSHOT_DIR`` when that is set.
+"""
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from werkzeug.serving import make_server
+
+from config import Config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine "
+                                "(Debian: apt-get install chromium)")
+
+# Flags for a root, sandbox-less, offline machine (see the project's CI notes).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def server(clip, tiny_model_files, make_app):
+    model_path, weights_path = tiny_model_files
+    app = make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path))
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def page():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser.new_page(viewport={"width": 1280, "height": 800})
+        browser.close()
+
+
+def test_page_streams_and_charts_an_upload(server, page, faces, tmp_path):
+    page.goto(server)
+    stream = page.locator("#stream")
+    page.wait_for_function("document.getElementById('stream').naturalWidth > 0", timeout=15000)
+    assert page.evaluate("document.getElementById('stream').naturalWidth") == 320
+
+    # the stream updates: the face list follows the frames sent as server-sent events
+    page.wait_for_function("document.getElementById('status').textContent.includes('frame')",
+                           timeout=15000)
+    first = page.locator("#status").text_content()
+    page.wait_for_function(f"document.getElementById('status').textContent !== {first!r}",
+                           timeout=10000)
+    before = stream.screenshot()
+    page.wait_for_timeout(600)
+    assert stream.screenshot() != before  # the MJPEG image itself changes too
+
+    photo = tmp_path / "two_faces.png"
+    canvas = np.full((250, 480), 170, np.uint8)
+    for i, name in enumerate(("Happy", "Surprise")):
+        x = 60 + i * 210
+        canvas[50:200, x:x + 150] = cv2.resize(faces[name], (150, 150), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(photo), canvas)
+    page.set_input_files("#upload-file", str(photo))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#upload-faces .face", timeout=15000)
+    assert page.locator("#upload-faces .face").count() == 2
+    assert page.locator("#upload-faces .face").first.locator(".bar").count() == 7
+    assert page.locator("#upload-canvas").is_visible()
+
+    shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "browser_page.png"), full_page=True)
+
+
+def test_upload_error_is_shown(server, page, tmp_path):
+    junk = tmp_path / "notes.png"
+    junk.write_bytes(b"this is not a picture")
+    page.goto(server)
+    page.set_input_files("#upload-file", str(junk))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_function("document.getElementById('upload-error').textContent.length > 0",
+                           timeout=10000)
+    assert "not an image" in page.locator("#upload-error").text_content()
