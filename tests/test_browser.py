@@ -88,3 +88,19 @@ def test_upload_error_is_shown(server, page, tmp_path):
     page.wait_for_function("document.getElementById('upload-error').textContent.length > 0",
                            timeout=10000)
     assert "not an image" in page.locator("#upload-error").text_content()
+
+
+def test_browser_camera_mode_sends_frames_to_the_api(server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + [
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        page = browser.new_page()
+        page.goto(server)
+        with page.expect_response(lambda r: r.url.endswith("/api/predict") and r.ok, timeout=15000):
+            page.click("#mode-camera")
+        page.wait_for_function("document.getElementById('status').textContent.includes('your camera')",
+                               timeout=10000)
+        assert page.locator("#camera-view").is_visible()
+        assert not page.locator("#server-view").is_visible()
+        assert page.evaluate("document.getElementById('stream').getAttribute('src')") == ""
+        browser.close()
