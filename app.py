@@ -92,10 +92,24 @@ def create_app(config=None, camera=None):
         return render_template("index.html", source=camera.name, notice=camera.notice,
                                labels=list(classifier.labels) if classifier else [])
 
+    def each_frame(render):
+        """``render(frame)`` for each new frame, empty results left out.
+
+        Closing this generator (the WSGI server does when the client goes)
+        closes the camera's, which unregisters the client at once.
+        """
+        frames = camera.frames()
+        try:
+            for frame in frames:
+                out = render(frame)
+                if out:
+                    yield out
+        finally:
+            frames.close()
+
     @app.get("/video_feed")
     def video_feed():
-        parts = (frame.part for frame in camera.frames())
-        return Response(parts, mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+        return Response(each_frame(lambda frame: frame.part), mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                         headers={"Cache-Control": "no-store"})
 
     def live_payload(frame):
@@ -111,13 +125,17 @@ def create_app(config=None, camera=None):
 
     @app.get("/api/events")
     def events():
+        last = [0.0]
+
+        def render(frame):
+            if time.monotonic() - last[0] < config.events_interval_s:
+                return ""
+            last[0] = time.monotonic()
+            return f"data: {json.dumps(live_payload(frame))}\n\n"
+
         def stream():
             yield "retry: 2000\n\n"
-            last = 0.0
-            for frame in camera.frames():
-                if time.monotonic() - last >= config.events_interval_s:
-                    last = time.monotonic()
-                    yield f"data: {json.dumps(live_payload(frame))}\n\n"
+            yield from each_frame(render)
 
         return Response(stream(), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,18 @@ def parse_source(source):
 
 def is_url(source):
     return isinstance(source, str) and "://" in source
+
+
+#: Open and read timeouts for stream URLs, so a dead camera cannot block the thread.
+URL_TIMEOUT_MS = 5000
+
+
+def open_video(source):
+    """``cv2.VideoCapture`` of a webcam index, file or URL (URLs with 5 s open/read timeouts)."""
+    if is_url(source):
+        return cv2.VideoCapture(source, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS,
+                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS])
+    return cv2.VideoCapture(source)
 
 
 def check_video_file(path, open_capture=cv2.VideoCapture):
@@ -139,24 +152,34 @@ class Camera:
         idle_timeout_s: seconds without clients before the thread stops.
         jpeg_quality: 0-100.
         notice: a sentence shown on the page (e.g. the webcam fallback).
-        open_capture: ``cv2.VideoCapture`` or a stand-in (tests count calls).
+        open_capture: ``open_video`` (the default) or a stand-in with the
+            ``cv2.VideoCapture`` interface (tests count and fail calls).
         pace: play a video file at its own frame rate (``CAP_PROP_FPS``);
             False processes it as fast as the CPU allows (benchmarks).
             Webcams and streams deliver at their own rate either way.
         on_frame: called in the capture thread with each published ``Frame``.
+        max_backoff_s: longest wait between two attempts to reopen a lost
+            webcam or stream; the wait starts at 0.25 s and doubles.
+
+    A frame the pipeline fails on is skipped (and logged); a live source
+    that stops delivering is reopened with backoff while clients watch.
     """
 
+    MAX_FAILED_READS = 5  # failed reads in a row before a live source counts as lost
+    MAX_FAILED_FRAMES = 25  # frames in a row the pipeline fails on before the run stops
+
     def __init__(self, source, pipeline, *, loop=True, idle_timeout_s=5.0, jpeg_quality=80,
-                 notice=None, open_capture=cv2.VideoCapture, pace=True, on_frame=None):
+                 notice=None, open_capture=None, pace=True, on_frame=None, max_backoff_s=2.0):
         self.source = source
         self.pipeline = pipeline
         self.loop = loop
         self.idle_timeout_s = idle_timeout_s
         self.jpeg_quality = jpeg_quality
         self.notice = notice
-        self.open_capture = open_capture
+        self.open_capture = open_capture or open_video
         self.pace = pace
         self.on_frame = on_frame
+        self.max_backoff_s = max_backoff_s
         self.is_file = not isinstance(source, int) and not is_url(source)
         self._cond = threading.Condition()
         self._device = threading.Lock()  # held from open to release of the capture
@@ -165,10 +188,17 @@ class Camera:
         self._idle_since = time.monotonic()
         self._frame = None
         self._seq = 0
-        self._run_id = 0  # bumped at each thread start; a run's end is (run_id, ended)
-        self._ended_run = None
+        self._run_id = 0  # bumped at each thread start
+        self._ended_run = None  # the last run whose thread has retired
         self._closed = threading.Event()
+        #: ``idle`` (no thread), ``streaming``, ``reconnecting`` (a live source was
+        #: lost or cannot be opened; retried with backoff), ``ended`` (a video file
+        #: played to its end) or ``error``.
+        self.state = "idle"
+        #: A sentence for the page when the source failed, else None.
         self.error = None
+        #: Frames read from the source and processed since start-up.
+        self.frames_processed = 0
 
     @property
     def name(self):
@@ -190,13 +220,15 @@ class Camera:
         """The most recent ``Frame``, or None before the first one."""
         return self._frame
 
-    def frames(self, timeout_s=10.0):
+    def frames(self, keepalive_s=2.0):
         """Yield each new ``Frame`` to one client, starting the thread if needed.
 
         The generator registers a client while it is alive; closing it (a
         disconnected HTTP client) unregisters at once.  It ends when the
-        source ends (a video file with ``loop=False``) or fails, or when no
-        frame arrives for ``timeout_s`` seconds.
+        source ends (a video file with ``loop=False``), fails for good, or the
+        camera is closed.  While a live source is reconnecting, the latest
+        frame is repeated every ``keepalive_s`` seconds, so a viewer keeps
+        its picture and a vanished client is noticed at the next write.
         """
         with self._cond:
             self._clients += 1
@@ -211,10 +243,13 @@ class Camera:
                 with self._cond:
                     self._cond.wait_for(
                         lambda: (self._frame is not None and self._frame.seq > last)
-                        or self._ended_run == run, timeout_s)
+                        or self._ended_run == run or self._closed.is_set(), keepalive_s)
                     frame = self._frame
-                    if frame is None or frame.seq <= last:
-                        return  # ended, failed or timed out
+                    if self._closed.is_set() or (
+                            self._ended_run == run and (frame is None or frame.seq <= last)):
+                        return
+                if frame is None:
+                    continue
                 last = frame.seq
                 yield frame
         finally:
@@ -240,58 +275,114 @@ class Camera:
                                             name=f"camera-{self.name}", daemon=True)
             self._thread.start()
 
-    def _idle_locked(self):
-        if self._closed.is_set():
-            return True
-        return self._clients == 0 and time.monotonic() - self._idle_since > self.idle_timeout_s
+    def _stop_if_idle(self, run):
+        """True, and the thread retired, when closed or without clients for ``idle_timeout_s``.
+
+        Retiring under the same lock as the check means a client arriving
+        just after sees no thread and starts a new one, instead of waiting
+        on a thread that is about to exit.
+        """
+        with self._cond:
+            idle = self._closed.is_set() or (
+                self._clients == 0 and time.monotonic() - self._idle_since > self.idle_timeout_s)
+            if idle:
+                self._retire_locked(run, "idle")
+            return idle
+
+    def _retire_locked(self, run, state):
+        if self._run_id == run and self._thread is not None:
+            self._thread = None
+            self._ended_run = run
+            self.state = state
+            self._cond.notify_all()
 
     def _open(self):
-        cap = self.open_capture(self.source)
+        try:
+            cap = self.open_capture(self.source)
+        except Exception as e:  # a backend error is a source that cannot be opened
+            log.warning("opening %s failed: %s", self.name, e)
+            return None
         if not cap.isOpened():
             cap.release()
             return None
         return cap
 
     def _run(self, run):
+        state = "error"
         with self._device:
-            cap = self._open()
             try:
-                self.error = None if cap else f"cannot open {self.name}"
-                if cap:
-                    self._capture_loop(cap, run)
+                state = self._stream(run)
             except Exception:  # keep serving: the next client starts a new thread
                 log.exception("capture thread for %s failed", self.name)
                 self.error = f"processing {self.name} failed"
             finally:
-                if cap:
-                    cap.release()
                 with self._cond:
-                    self._thread = None
-                    self._ended_run = run
-                    self._cond.notify_all()
+                    self._retire_locked(run, state)
+
+    def _stream(self, run):
+        """Open, capture, and reopen a lost live source with backoff; returns the final state."""
+        backoff = 0.25
+        while True:
+            if self._stop_if_idle(run):
+                return "idle"
+            cap = self._open()
+            if cap is None and self.is_file:
+                self.error = f"cannot open {self.name}"
+                return "error"
+            if cap is None:
+                self.state, self.error = "reconnecting", f"cannot open {self.name}; retrying"
+                self._publish_placeholder(f"{self.name}: reconnecting...")
+                with self._cond:
+                    self._cond.wait_for(self._closed.is_set, backoff)
+                backoff = min(2 * backoff, self.max_backoff_s)
+                continue
+            self.state, self.error, backoff = "streaming", None, 0.25
+            try:
+                outcome = self._capture_loop(cap, run)
+                if outcome != "lost":
+                    with self._cond:  # before the release: a new client starts a new thread
+                        self._retire_locked(run, outcome)
+                    return outcome
+            finally:
+                cap.release()
+            self.state = "reconnecting"
+            log.warning("%s stopped delivering frames; reconnecting", self.name)
 
     def _capture_loop(self, cap, run):
+        """Read and process frames; returns ``idle``, ``ended`` (a file's end) or ``lost``."""
         fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file and self.pace else 0.0
         interval = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 25 if self.is_file and self.pace else 0.0)
         due = time.monotonic()
-        empty_reads = 0
+        empty_reads = failures = 0
         self._reset_pipeline()
         while True:
-            with self._cond:
-                if self._idle_locked():
-                    return
+            if self._stop_if_idle(run):
+                return "idle"
             started = time.perf_counter()
             ok, frame = cap.read()
             decoded = time.perf_counter()
             if not ok or frame is None:
                 empty_reads += 1
-                if self.is_file and self.loop and empty_reads < 2:
+                if not self.is_file:
+                    if empty_reads >= self.MAX_FAILED_READS:
+                        return "lost"
+                    time.sleep(0.05)
+                    continue
+                if self.loop and empty_reads < 2:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                     self._reset_pipeline()
                     continue
-                return
+                return "ended"
             empty_reads = 0
-            annotated, faces = self.pipeline.process(frame)
+            try:
+                annotated, faces = self.pipeline.process(frame)
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("processing a frame of %s failed (%d in a row)", self.name, failures)
+                if failures >= self.MAX_FAILED_FRAMES:
+                    raise
+                continue
             processed = time.perf_counter()
             ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if ok:
@@ -300,6 +391,7 @@ class Camera:
                 timings = {"decode": (decoded - started) * 1e3,
                            **getattr(self.pipeline, "timings", {}),
                            "encode": (done - processed) * 1e3, "total": (done - started) * 1e3}
+                self.frames_processed += 1
                 self._publish(jpeg, faces, frame.shape[1], frame.shape[0], timings)
             if interval:
                 due += interval
@@ -308,6 +400,16 @@ class Camera:
                     time.sleep(delay)
                 elif delay < -interval:
                     due = time.monotonic()  # fell behind: do not try to catch up
+
+    def _publish_placeholder(self, text):
+        """Publish a grey frame saying ``text``, the size of the last real frame."""
+        last = self._frame
+        width, height = (last.width, last.height) if last else (640, 360)
+        image = np.full((height, width, 3), 60, np.uint8)
+        cv2.putText(image, text, (20, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (230, 230, 230), 2,
+                    cv2.LINE_AA)
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        self._publish(jpeg.tobytes(), [], width, height, {})
 
     def _reset_pipeline(self):
         reset = getattr(self.pipeline, "reset", None)

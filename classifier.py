@@ -146,6 +146,7 @@ class Classifier:
         self._predict = tf.function(
             lambda x: model(x, training=False),
             input_signature=[tf.TensorSpec([None, self.input_size, self.input_size, 1], tf.float32)])
+        self.predict(np.zeros((1, self.input_size, self.input_size, 1), np.float32))  # trace now
 
     @classmethod
     def from_files(cls, model_path, weights_path):

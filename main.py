@@ -55,8 +55,12 @@ def main(argv=None):
     except (ModelLoadError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.info("serving %s on http://%s:%d", app.extensions["camera"].name, args.host, args.port)
-    app.run(host=args.host, port=args.port, threaded=True)
+    camera = app.extensions["camera"]
+    logging.info("serving %s on http://%s:%d", camera.name, args.host, args.port)
+    try:
+        app.run(host=args.host, port=args.port, threaded=True)
+    finally:
+        camera.close()  # release the webcam or file
     return 0
 
 

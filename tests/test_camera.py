@@ -83,10 +83,24 @@ def test_frames_are_jpeg_parts(make_camera, clip, pass_through):
     assert frame.part.startswith(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ")
 
 
-def test_unopenable_source_ends_the_stream_with_an_error(make_camera, pass_through):
-    camera = make_camera("rtsp://127.0.0.1:9/none", pass_through, open_capture=lambda s: Closed())
+def test_unopenable_file_ends_the_stream_with_an_error(make_camera, pass_through, tmp_path):
+    camera = make_camera(str(tmp_path / "gone.mp4"), pass_through, open_capture=lambda s: Closed())
     assert list(camera.frames()) == []
-    assert "cannot open" in camera.error
+    assert "cannot open" in camera.error and camera.state == "error"
+
+
+def test_open_that_raises_does_not_wedge_the_camera(make_camera, pass_through, clip):
+    calls = []
+
+    def flaky(source):
+        calls.append(source)
+        if len(calls) == 1:
+            raise RuntimeError("backend exploded")
+        return cv2.VideoCapture(source)
+
+    camera = make_camera(str(clip), pass_through, open_capture=flaky)
+    assert list(camera.frames()) == []  # the first run fails at once...
+    assert len(take(camera, 3)) == 3  # ...and the next client starts a working one
 
 
 def test_failing_pipeline_does_not_kill_the_camera(make_camera, clip):

@@ -1,0 +1,122 @@
+"""Faults made to happen: a live source that drops and returns, slow releases,
+truncated files, clients that vanish mid-part."""
+import socket
+import threading
+import time
+
+import numpy as np
+from werkzeug.serving import make_server
+
+from config import Config
+
+
+class FakeLive:
+    """A live camera (no frame rate pacing, no end) whose availability a test switches.
+
+    ``world["up"]`` False makes reads fail and opens fail, as an unplugged
+    webcam or a dropped stream does; True brings it back.
+    """
+
+    def __init__(self, world):
+        self.world = world
+        self.opened = world["up"]
+        world["opens"] += 1
+
+    def isOpened(self):
+        return self.opened
+
+    def read(self):
+        time.sleep(0.02)
+        if not self.world["up"]:
+            return False, None
+        self.world["n"] += 1
+        frame = np.full((120, 160, 3), self.world["n"] % 256, np.uint8)
+        return True, frame
+
+    def get(self, prop):
+        return 0.0
+
+    def set(self, prop, value):
+        return True
+
+    def release(self):
+        time.sleep(self.world.get("release_s", 0))
+
+
+def test_lost_source_reconnects_and_clients_keep_streaming(make_camera, pass_through):
+    world = {"up": True, "opens": 0, "n": 0}
+    camera = make_camera(0, pass_through, open_capture=lambda s: FakeLive(world), max_backoff_s=0.5)
+    frames = camera.frames()
+    for _ in range(5):
+        next(frames)
+    assert camera.state == "streaming"
+
+    world["up"] = False  # unplugged
+    deadline = time.monotonic() + 5
+    while camera.state != "reconnecting" and time.monotonic() < deadline:
+        next(frames)
+    assert camera.state == "reconnecting"
+    placeholder = next(frames)  # the client is still served: a "reconnecting" picture
+    assert placeholder.faces == [] and placeholder.width == 160
+
+    back = time.monotonic()
+    world["up"] = True  # plugged in again
+    while True:
+        frame = next(frames)
+        if camera.state == "streaming" and frame.timings:
+            break
+        assert time.monotonic() - back < 5, "the stream did not resume within 5 s"
+    assert world["opens"] >= 2
+    frames.close()
+    assert camera.clients == 0
+
+
+def test_client_arriving_while_the_thread_releases_gets_live_frames(make_camera, pass_through):
+    world = {"up": True, "opens": 0, "n": 0, "release_s": 0.5}
+    camera = make_camera(0, pass_through, open_capture=lambda s: FakeLive(world), idle_timeout_s=0.05)
+    first = camera.frames()
+    next(first)
+    first.close()
+    time.sleep(0.15)  # the thread is now idle and releasing the slow device
+    late = camera.frames()
+    got = [next(late).seq for _ in range(5)]
+    late.close()
+    assert got == sorted(set(got)) and len(got) == 5
+
+
+def test_truncated_video_ends_cleanly(make_camera, pass_through, clip, tmp_path):
+    cut = tmp_path / "cut.mp4"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    camera = make_camera(str(cut), pass_through, loop=False, pace=False)
+    frames = list(camera.frames())
+    assert camera.state in ("ended", "error")
+    assert len(frames) < 35
+    again = make_camera(str(cut), pass_through, loop=True, pace=False)
+    it = again.frames()
+    assert next(it, None) is None or again.running  # either nothing to play, or it keeps playing
+    it.close()
+
+
+def test_client_closing_mid_part_frees_its_slot(clip, tiny_model_files, make_app):
+    model_path, weights_path = tiny_model_files
+    app = make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path))
+    camera = app.extensions["camera"]
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", httpd.server_port))
+        sock.sendall(b"GET /video_feed HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while b"--frame" not in received:
+            chunk = sock.recv(4096)  # headers, then the start of the first part...
+            assert chunk
+            received += chunk
+        assert camera.clients == 1
+        sock.close()  # ...and gone mid-part
+        deadline = time.monotonic() + 3
+        while camera.clients and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert camera.clients == 0
+    finally:
+        httpd.shutdown()
