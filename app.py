@@ -55,12 +55,15 @@ def create_app(config=None, camera=None):
     Routes:
         ``GET /``: the page: live stream, faces and their probabilities, upload, browser camera.
         ``GET /video_feed``: MJPEG, ``multipart/x-mixed-replace; boundary=frame``.
+        ``GET /healthz``: source state, frames processed, clients, seconds since
+            the last frame; 503 when streaming has stalled or failed.
         ``GET /api/faces``: the faces of the latest frame.
         ``GET /api/events``: the same as server-sent events, at most every
             ``config.events_interval_s`` seconds.
         ``POST /api/predict``: the faces of one uploaded image (multipart field
             ``image``, or the raw bytes with an ``image/*`` content type).
-        Errors under ``/api/`` are JSON ``{"error": "..."}`` with a 4xx status.
+        Errors under ``/api/`` are JSON ``{"error": "..."}`` with a 4xx status;
+        viewers beyond ``config.max_clients`` get 503.
     """
     config = config or Config()
     camera = camera or build_camera(config)
@@ -107,8 +110,28 @@ def create_app(config=None, camera=None):
         finally:
             frames.close()
 
+    def too_many_viewers():
+        if camera.clients < config.max_clients:
+            return None
+        return jsonify(error=f"this server is at its limit of {config.max_clients} viewers; "
+                             "try again later"), 503, {"Retry-After": "10"}
+
+    @app.get("/healthz")
+    def healthz():
+        age = camera.seconds_since_frame()
+        stalled = camera.state == "error" or (
+            camera.state in ("streaming", "reconnecting") and age is not None
+            and age > config.health_max_frame_age_s)
+        body = {"state": camera.state, "source": camera.name, "frames_processed": camera.frames_processed,
+                "clients": camera.clients,
+                "seconds_since_last_frame": None if age is None else round(age, 2),
+                "error": camera.error}
+        return jsonify(body), 503 if stalled else 200
+
     @app.get("/video_feed")
     def video_feed():
+        if (refusal := too_many_viewers()):
+            return refusal
         return Response(each_frame(lambda frame: frame.part), mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                         headers={"Cache-Control": "no-store"})
 
@@ -116,7 +139,7 @@ def create_app(config=None, camera=None):
         payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,
                                 frame.height if frame else None, model_name)
         payload.update(source=camera.name, notice=camera.notice, error=camera.error,
-                       frame=frame.seq if frame else None)
+                       state=camera.state, frame=frame.seq if frame else None)
         return payload
 
     @app.get("/api/faces")
@@ -125,6 +148,8 @@ def create_app(config=None, camera=None):
 
     @app.get("/api/events")
     def events():
+        if (refusal := too_many_viewers()):
+            return refusal
         last = [0.0]
 
         def render(frame):

@@ -199,6 +199,14 @@ class Camera:
         self.error = None
         #: Frames read from the source and processed since start-up.
         self.frames_processed = 0
+        self._last_frame_at = None  # time.monotonic() of the last real frame or of the start
+
+    def seconds_since_frame(self):
+        """Seconds since the last frame from the source (or since the thread started); None when idle."""
+        with self._cond:
+            if self._thread is None or self._last_frame_at is None:
+                return None
+            return time.monotonic() - self._last_frame_at
 
     @property
     def name(self):
@@ -271,6 +279,7 @@ class Camera:
         if self._thread is None and not self._closed.is_set():
             self._run_id += 1
             self._frame = None
+            self._last_frame_at = time.monotonic()
             self._thread = threading.Thread(target=self._run, args=(self._run_id,),
                                             name=f"camera-{self.name}", daemon=True)
             self._thread.start()
@@ -392,6 +401,7 @@ class Camera:
                            **getattr(self.pipeline, "timings", {}),
                            "encode": (done - processed) * 1e3, "total": (done - started) * 1e3}
                 self.frames_processed += 1
+                self._last_frame_at = time.monotonic()
                 self._publish(jpeg, faces, frame.shape[1], frame.shape[0], timings)
             if interval:
                 due += interval

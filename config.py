@@ -34,6 +34,10 @@ class Config:
         max_image_pixels: images whose header declares more pixels get 413
             before any decoding.
         events_interval_s: least time between two ``/api/events`` messages.
+        max_clients: concurrent stream viewers (``/video_feed`` and
+            ``/api/events``) served; more get 503.
+        health_max_frame_age_s: ``/healthz`` answers 503 when the source is
+            meant to stream but no frame came for this many seconds.
         crop_margin: fraction of the Haar box side added on each side before
             cropping the face for the classifier.
     """
@@ -56,3 +60,5 @@ class Config:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     events_interval_s: float = 0.2
+    max_clients: int = 64
+    health_max_frame_age_s: float = 10.0

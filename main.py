@@ -27,6 +27,10 @@ def parse_args(argv=None):
     p.add_argument("--model", default=str(defaults.model_path), help="Keras JSON architecture")
     p.add_argument("--weights", default=str(defaults.weights_path), help="classic Keras HDF5 weights")
     p.add_argument("--no-loop", action="store_true", help="end the stream at the end of a video file")
+    p.add_argument("--max-clients", type=int, default=defaults.max_clients,
+                   help="concurrent stream viewers; more get 503 (default: %(default)s)")
+    p.add_argument("--debug", action="store_true",
+                   help="serve with Flask's development server (reloader off) instead of waitress")
     p.add_argument("--output", help="analyse the --source video offline (no server) and write it "
                                     "annotated to this file (.mp4 or .avi)")
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
@@ -36,7 +40,7 @@ def parse_args(argv=None):
 
 def config_from_args(args):
     return Config(source=args.source, model_path=Path(args.model), weights_path=Path(args.weights),
-                  loop=not args.no_loop)
+                  loop=not args.no_loop, max_clients=args.max_clients)
 
 
 def main(argv=None):
@@ -58,10 +62,27 @@ def main(argv=None):
     camera = app.extensions["camera"]
     logging.info("serving %s on http://%s:%d", camera.name, args.host, args.port)
     try:
-        app.run(host=args.host, port=args.port, threaded=True)
+        if args.debug:
+            app.run(host=args.host, port=args.port, threaded=True, debug=True, use_reloader=False)
+        else:
+            serve(app, args.host, args.port, args.max_clients)
     finally:
         camera.close()  # release the webcam or file
     return 0
+
+
+def serve(app, host, port, max_clients):
+    """Serve with waitress: one worker thread per stream viewer, plus some for the API.
+
+    An MJPEG viewer holds a worker for as long as it watches; waitress reads
+    requests in its own event loop, so a slow client never holds a worker
+    while sending its request, and a connection idle for 60 s is closed.
+    """
+    import waitress
+
+    waitress.serve(app, host=host, port=port, threads=max_clients + 8,
+                   connection_limit=max_clients + 32, channel_timeout=60,
+                   outbuf_high_watermark=4 * 1024 * 1024, ident="fer-server")
 
 
 def analyse(args, build_pipeline, errors):

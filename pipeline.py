@@ -146,6 +146,40 @@ def draw_faces(frame, faces):
     return frame
 
 
+def to_uint8_image(frame):
+    """Bring any reasonable image array to what the pipeline works on.
+
+    Args:
+        frame: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` BGR or ``(H, W, 4)``
+            BGRA; uint8, bool, another integer type (scaled down from its
+            full range) or float in [0, 1].
+
+    Returns:
+        ``(H, W)`` uint8 grayscale or ``(H, W, 3)`` uint8 BGR.
+
+    Raises:
+        ValueError: any other shape, an empty image, or a non-numeric dtype.
+    """
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)) or frame.size == 0:
+        raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, "
+                         f"got shape {frame.shape}")
+    if frame.dtype == np.bool_:
+        frame = frame.astype(np.uint8) * 255
+    elif np.issubdtype(frame.dtype, np.integer) and frame.dtype != np.uint8:
+        info = np.iinfo(frame.dtype)
+        frame = ((frame.astype(np.float64) - info.min) * (255.0 / (info.max - info.min))).astype(np.uint8)
+    elif np.issubdtype(frame.dtype, np.floating):
+        frame = (np.nan_to_num(frame.astype(np.float64), nan=0.0).clip(0.0, 1.0) * 255).round().astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise ValueError(f"expected a numeric image, got dtype {frame.dtype}")
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(frame)
+
+
 class FramePipeline:
     """Detect or track, crop, classify (one batched call per frame) and draw.
 
@@ -183,12 +217,17 @@ class FramePipeline:
         """Find (or follow) and classify the faces of the next video frame.
 
         Args:
-            frame: ``(H, W, 3)`` BGR or ``(H, W)`` grayscale uint8 image.
+            frame: ``(H, W, 3)`` BGR or ``(H, W)`` grayscale uint8 image
+                (other layouts as ``to_uint8_image`` accepts).
 
         Returns:
             A list of ``Face``, one per tracked face, with its track id.
+
+        Raises:
+            ValueError: ``frame`` is not an image.
         """
         started = time.perf_counter()
+        frame = to_uint8_image(frame)
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         tracks = self.tracker.update(gray)
         detected = time.perf_counter()
@@ -207,12 +246,18 @@ class FramePipeline:
 
     def analyse_image(self, image):
         """Classify every face of a single image: full detection, no tracking or smoothing."""
+        image = to_uint8_image(image)
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         boxes = self.detector.detect(gray)
         return [self._face(b, p) for b, p in zip(boxes, self._classify(gray, boxes))]
 
     def process(self, frame):
-        """``analyse`` then draw: returns ``(annotated BGR copy, faces)``."""
+        """``analyse`` then draw: returns ``(annotated BGR copy, faces)``.
+
+        Raises:
+            ValueError: ``frame`` is not an image (see ``to_uint8_image``).
+        """
+        frame = to_uint8_image(frame)
         faces = self.analyse(frame)
         started = time.perf_counter()
         annotated = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame.copy()

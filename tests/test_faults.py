@@ -120,3 +120,52 @@ def test_client_closing_mid_part_frees_its_slot(clip, tiny_model_files, make_app
         assert camera.clients == 0
     finally:
         httpd.shutdown()
+
+
+def test_healthz_states(make_camera, make_app, pass_through, clip):
+    world = {"up": True, "opens": 0, "n": 0}
+    camera = make_camera(0, pass_through, open_capture=lambda s: FakeLive(world), max_backoff_s=0.2)
+    client = make_app(Config(health_max_frame_age_s=0.5), camera=camera).test_client()
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.get_json()["state"] == "idle"
+
+    frames = camera.frames()
+    next(frames)
+    data = client.get("/healthz").get_json()
+    assert data["state"] == "streaming" and data["clients"] == 1 and data["frames_processed"] >= 1
+    assert data["seconds_since_last_frame"] < 0.5
+
+    world["up"] = False
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        next(frames)  # placeholders keep coming while reconnecting
+        r = client.get("/healthz")
+        if r.status_code == 503:
+            break
+    assert r.status_code == 503 and r.get_json()["state"] == "reconnecting"
+    world["up"] = True
+    frames.close()
+
+    ended = make_camera(str(clip), pass_through, loop=False, pace=False)
+    list(ended.frames())
+    r = make_app(Config(), camera=ended).test_client().get("/healthz")
+    assert r.status_code == 200 and r.get_json()["state"] == "ended"
+
+
+def test_viewers_beyond_max_clients_get_503(make_camera, make_app, pass_through, clip):
+    camera = make_camera(str(clip), pass_through)
+    client = make_app(Config(max_clients=2), camera=camera).test_client()
+    open_streams = [client.get("/video_feed"), client.get("/api/events")]
+    next(iter(open_streams[0].response))  # a first part: the viewer is registered
+    events = iter(open_streams[1].response)
+    next(events), next(events)  # the retry line, then a first event
+    assert camera.clients == 2
+    r = client.get("/video_feed")
+    assert r.status_code == 503 and "limit of 2 viewers" in r.get_json()["error"]
+    assert client.get("/api/events").status_code == 503
+    for response in open_streams:
+        response.close()
+    assert camera.clients == 0
+    third = client.get("/video_feed")
+    assert third.status_code == 200
+    third.close()
