@@ -75,6 +75,7 @@ def create_app(config=None, camera=None):
     image_lock = threading.Lock()
 
     app = Flask(__name__)
+    app.json.sort_keys = False  # probabilities stay in the model's class order
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.extensions["camera"] = camera
 

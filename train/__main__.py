@@ -1,12 +1,15 @@
 """Train the expression classifier on FER2013.
 
     python -m train --data path/to/fer2013.csv.gz --out . --epochs 40
+    python -m train --data path/to/kaggle_folders --classes Angry,Happy,Sad,Neutral --out my_model
 
-Reads the Kaggle FER2013 CSV (plain or gzip), trains ``train.model`` on the
+Reads the Kaggle FER2013 CSV (plain or gzip) or the Kaggle image-folder
+layout (``train/<class>/*.png``, ``test/<class>/...``), trains ``train.model`` on the
 ``Training`` rows with data augmentation, selects the epoch with the best
 ``PublicTest`` accuracy, and writes ``model.json`` + ``model_weights.h5``
-(classic HDF5 layout), the per-epoch history as CSV and the training curves
-as a PNG (livelossplot) into ``--out``.  The model files are written only
+(classic HDF5 layout, the class names inside model.json), the per-epoch
+history as CSV, the training curves as a PNG (livelossplot) and a model card
+with the PublicTest figures into ``--out``.  The model files are written only
 when training finishes.
 
 Checkpoints live outside the work tree (``--checkpoint-dir``, by default
@@ -23,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from train.data import DataError, load_fer2013_csv
+from train.data import DataError, load_dataset
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="FER2013 CSV, plain or .gz")
+    p.add_argument("--data", required=True, help="FER2013 CSV (plain or .gz) or image-folder root")
+    p.add_argument("--classes", help="comma-separated subset of the FER2013 classes, in output order")
     p.add_argument("--out", default=".", help="where model.json, model_weights.h5 and the curves go")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
@@ -117,8 +121,11 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    from classifier import FER2013_LABELS
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     try:
-        data = load_fer2013_csv(args.data)
+        data, labels = load_dataset(args.data, FER2013_LABELS, classes)
     except DataError as e:
         sys.exit(f"error: {e}")
     if "Training" not in data or "PublicTest" not in data:
@@ -130,7 +137,8 @@ def main(argv=None):
     from livelossplot import PlotLossesKeras
     from livelossplot.outputs import MatplotlibPlot
 
-    from classifier import FER2013_LABELS, save_model
+    from classifier import Classifier, save_model
+    from train.card import write_model_card
     from train.model import build_model
 
     precision = args.precision
@@ -138,7 +146,7 @@ def main(argv=None):
         precision = "mixed_bfloat16" if cpu_has_amx() else "float32"
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(args.seed)
-    num_classes = len(FER2013_LABELS)
+    num_classes = len(labels)
     print(f"precision: {precision}", flush=True)
 
     augment = keras.Sequential([
@@ -189,20 +197,22 @@ def main(argv=None):
         EtaPrinter(),
     ]
     if not args.export_best:
-        model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks, verbose=2)
+        model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks, verbose=2,
+                  shuffle=False)  # the dataset shuffles itself
 
     # Ship the best epoch as a float32 model: the JSON then carries no bfloat16 policy.
     keras.mixed_precision.set_global_policy("float32")
     final = build_model(num_classes, args.width)
     final.load_weights(str(best_weights))
-    final.compile(loss="categorical_crossentropy", metrics=["accuracy"])
-    _, accuracy = final.evaluate(val_ds, verbose=0)
-    save_model(final, out / "model.json", out / "model_weights.h5", FER2013_LABELS)
+    save_model(final, out / "model.json", out / "model_weights.h5", labels)
     for name in ("history.csv", "curves.png"):
         if (ckpt / name).exists():
             shutil.copy(ckpt / name, out / f"training_{name}")
-    print(f"PublicTest accuracy of the saved model: {accuracy:.4f}")
-    print(f"wrote {out / 'model.json'} and {out / 'model_weights.h5'}")
+    card = write_model_card(out / "MODEL_CARD.md", Classifier(final, labels), x_val, y_val, args,
+                            history_csv, precision)
+    print(f"PublicTest accuracy of the saved model: {card['accuracy']:.4f} "
+          f"({card['tta']['accuracy']:.4f} with flip TTA), macro-F1 {card['macro_f1']:.4f}")
+    print(f"wrote {out / 'model.json'}, {out / 'model_weights.h5'} and {out / 'MODEL_CARD.md'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""Data loaders, a 1-epoch training of a tiny model, evaluation: no real training here."""
+import gzip
+import json
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from classifier import FER2013_LABELS, load_model
+from train.data import DataError, load_dataset, load_fer2013_csv
+
+
+def fer_csv(faces, copies=4, usages=("Training", "PublicTest")):
+    """CSV text in the Kaggle layout: every fixture face ``copies`` times per split."""
+    lines = ["emotion,pixels,Usage"]
+    for usage in usages:
+        for _ in range(copies):
+            for name, face in faces.items():
+                lines.append(f"{FER2013_LABELS.index(name)},{' '.join(map(str, face.ravel()))},{usage}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def csv_path(tmp_path, faces):
+    path = tmp_path / "fer2013.csv"
+    path.write_text(fer_csv(faces))
+    return path
+
+
+@pytest.fixture
+def folder_path(tmp_path, faces):
+    root = tmp_path / "kaggle"
+    for split in ("train", "test"):
+        for name, face in faces.items():
+            (root / split / name.lower()).mkdir(parents=True)
+            cv2.imwrite(str(root / split / name.lower() / "a.png"), face)
+            cv2.imwrite(str(root / split / name.lower() / "b.jpg"), cv2.resize(face, (96, 96)))
+    return root
+
+
+def test_csv_plain_and_gzip(tmp_path, csv_path, faces):
+    gz = tmp_path / "fer2013.csv.gz"
+    gz.write_bytes(gzip.compress(csv_path.read_bytes()))
+    for path in (csv_path, gz):
+        data = load_fer2013_csv(path)
+        images, labels = data["Training"]
+        assert images.shape == (28, 48, 48) and images.dtype == np.uint8
+        assert sorted(set(labels)) == list(range(7))
+        np.testing.assert_array_equal(images[0], faces[FER2013_LABELS[labels[0]]])
+
+
+def test_image_folders(folder_path):
+    data, labels = load_dataset(folder_path, FER2013_LABELS)
+    assert labels == FER2013_LABELS
+    assert data["Training"][0].shape == (14, 48, 48) and len(data["PublicTest"][1]) == 14
+
+
+@pytest.mark.parametrize("text, words", [
+    ("label,pixels,Usage\n0,1 2,Training\n", "missing column(s) emotion"),
+    ("emotion,pixels,Usage\n0," + " ".join(["1"] * 2303) + ",Training\n", "line 2: 2303 pixels"),
+    ("emotion,pixels,Usage\n0," + " ".join(["x"] * 2304) + ",Training\n", "line 2: non-numeric"),
+    ("emotion,pixels,Usage\n9," + " ".join(["1"] * 2304) + ",Training\n", "line 2: emotion must be"),
+    ("emotion,pixels,Usage\n0," + " ".join(["1"] * 2304) + ",Validation\n", "line 2: unknown Usage"),
+])
+def test_malformed_csv_names_file_and_line(tmp_path, text, words):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match="bad.csv") as e:
+        load_fer2013_csv(path)
+    assert words in str(e.value)
+
+
+def test_missing_file_and_bad_folders(tmp_path, folder_path):
+    with pytest.raises(DataError, match="nope.csv: no such file"):
+        load_dataset(tmp_path / "nope.csv", FER2013_LABELS)
+    for f in (folder_path / "train" / "sad").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="train/sad: no images"):
+        load_dataset(folder_path, FER2013_LABELS)
+    (folder_path / "train" / "sad").rmdir()
+    with pytest.raises(DataError, match="no folder for class 'Sad'"):
+        load_dataset(folder_path, FER2013_LABELS)
+
+
+def test_class_subset(csv_path):
+    data, labels = load_dataset(csv_path, FER2013_LABELS, ["happy", "Sad"])
+    assert labels == ("Happy", "Sad")
+    assert sorted(set(data["Training"][1])) == [0, 1] and len(data["Training"][1]) == 8
+    with pytest.raises(DataError, match="unknown class name.*Contempt"):
+        load_dataset(csv_path, FER2013_LABELS, ["Happy", "Contempt"])
+
+
+def test_cli_bad_input_exits_nonzero(tmp_path, capsys):
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(tmp_path / "missing.csv"), "--checkpoint-dir", str(tmp_path / "ckpt")])
+    assert "missing.csv: no such file" in str(e.value)
+
+
+def test_one_epoch_of_a_tiny_model_serves_its_classes(tmp_path, folder_path, make_app, clip):
+    from config import Config
+    from train.__main__ import main
+
+    out = tmp_path / "model"
+    main(["--data", str(folder_path), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+          "--width", "4", "--classes", "Angry,Happy,Sad,Neutral",
+          "--checkpoint-dir", str(tmp_path / "ckpt"), "--precision", "float32"])
+    for name in ("model.json", "model_weights.h5", "MODEL_CARD.md", "training_history.csv"):
+        assert (out / name).exists(), name
+    model, labels = load_model(out / "model.json", out / "model_weights.h5")
+    assert labels == ("Angry", "Happy", "Sad", "Neutral") and model.output_shape == (None, 4)
+    with h5py.File(out / "model_weights.h5") as f:  # classic layout, float32
+        assert "layer_names" in f.attrs and f["block1_conv1"]["block1_conv1/kernel:0"].dtype == np.float32
+    assert "PublicTest results" in (out / "MODEL_CARD.md").read_text()
+
+    client = make_app(Config(source=str(clip), model_path=out / "model.json",
+                             weights_path=out / "model_weights.h5")).test_client()
+    face = cv2.imencode(".png", cv2.resize(cv2.imread(str(folder_path / "train/happy/a.png")), (200, 200)))[1]
+    page = client.get("/").get_data(as_text=True)
+    assert '["Angry", "Happy", "Sad", "Neutral"]' in page
+    r = client.post("/api/predict", data=face.tobytes(), content_type="image/png").get_json()
+    for found in r["faces"]:
+        assert list(found["probabilities"]) == ["Angry", "Happy", "Sad", "Neutral"]
+
+
+def test_evaluate_json(tmp_path, csv_path, tiny_model_files, capsys):
+    from train.evaluate import main
+
+    main(["--data", str(csv_path), "--split", "PublicTest", "--model", str(tiny_model_files[0]),
+          "--weights", str(tiny_model_files[1]), "--json", "--tta",
+          "--confusion-png", str(tmp_path / "cm.png")])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert result["n"] == 28 and 0 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1
+    assert set(result["per_class"]) == set(FER2013_LABELS)
+    assert sum(map(sum, result["confusion"])) == 28
+    assert (tmp_path / "cm.png").stat().st_size > 1000

@@ -1,0 +1,96 @@
+"""The model card written next to a trained model (Mitchell et al. 2019, "Model Cards for Model Reporting")."""
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+from train.evaluate import metrics, predict
+
+
+def inference_speed(classifier, repeats=200):
+    """``(ms per face at batch 1, faces per second at batch 32)`` through ``Classifier.predict``."""
+    side = classifier.input_size
+    for batch, n in ((1, repeats), (32, max(10, repeats // 8))):
+        x = np.random.default_rng(0).random((batch, side, side, 1), dtype=np.float32)
+        classifier.predict(x)
+        started = time.perf_counter()
+        for _ in range(n):
+            classifier.predict(x)
+        elapsed = (time.perf_counter() - started) / n
+        if batch == 1:
+            ms_single = elapsed * 1e3
+        else:
+            per_second = batch / elapsed
+    return ms_single, per_second
+
+
+def write_model_card(path, classifier, images, labels, args, history_csv, precision):
+    """Evaluate on the validation split (PublicTest) and write the card as Markdown.
+
+    Returns:
+        The plain ``train.evaluate.metrics`` dict with a ``tta`` entry
+        holding the flip test-time-augmentation figures.
+    """
+    names = classifier.labels
+    plain = metrics(labels, predict(classifier, images).argmax(1), names)
+    plain["tta"] = metrics(labels, predict(classifier, images, tta=True).argmax(1), names)
+    ms_single, per_second = inference_speed(classifier)
+    epochs = []
+    if Path(history_csv).exists():
+        with open(history_csv, newline="") as f:
+            epochs = list(csv.DictReader(f))
+    best = max(epochs, key=lambda row: float(row["val_accuracy"])) if epochs else None
+    model = classifier.model
+    lines = [
+        f"# Model card: {model.name}",
+        "",
+        "## Model",
+        f"- Architecture: `train/model.py`, VGG-style CNN, width {args.width}, "
+        f"{model.count_params():,} parameters; input 48x48 grayscale in [0, 1]; "
+        f"output {len(names)} probabilities: {', '.join(names)}.",
+        f"- Files: `model.json` (Keras JSON, class names under `class_names`) and `model_weights.h5` "
+        "(classic Keras HDF5 weights layout, float32).",
+        "",
+        "## Training",
+        f"- Data: `{Path(args.data).name}`; trained on the Training split, epoch selected on PublicTest "
+        f"({plain['n']} faces); PrivateTest never used.",
+        f"- Recipe: {args.epochs} epochs planned, batch {args.batch_size}, AdamW (peak lr {args.lr}, "
+        f"weight decay {args.weight_decay}), linear warm-up then cosine decay, label smoothing "
+        f"{args.label_smoothing}, class weights (n_max/n_c)^0.5, augmentation: horizontal flip, "
+        "rotation +-15 deg, shift +-10%, zoom +-15%, contrast +-30%; early stopping patience "
+        f"{args.patience}; precision {precision}; seed {args.seed}.",
+        f"- Epochs run: {len(epochs)}; best epoch {int(best['epoch']) + 1 if best else '?'}.",
+        f"- Command: `python -m train --data {Path(args.data).name} --epochs {args.epochs} "
+        f"--batch-size {args.batch_size} --width {args.width}"
+        + (f" --classes {args.classes}" if args.classes else "") + "`",
+        "",
+        "## PublicTest results",
+        f"- Accuracy {plain['accuracy']:.4f}, macro-F1 {plain['macro_f1']:.4f} (single model, no TTA).",
+        f"- With flip test-time augmentation: accuracy {plain['tta']['accuracy']:.4f}, "
+        f"macro-F1 {plain['tta']['macro_f1']:.4f}.",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+        *(f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+          for n, c in plain["per_class"].items()),
+        "",
+        "Confusion matrix (rows true, columns predicted):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        *(f"| {n} | " + " | ".join(str(v) for v in row) + " |" for n, row in zip(names, plain["confusion"])),
+        "",
+        "## Inference speed",
+        f"- {ms_single:.2f} ms per face at batch size 1, {per_second:.0f} faces/s at batch size 32 "
+        "(`Classifier.predict`, measured on the training machine right after training).",
+        "",
+        "## Limits",
+        "- FER2013 faces were gathered by web image search: mostly posed expressions, 48x48 grayscale, "
+        "with label noise (human accuracy on it is about 65%, Goodfellow et al. 2013) and a demographic "
+        "skew towards adult, light-skinned faces.",
+        "- The model reads facial expressions, not emotions or intentions. Do not use it for decisions "
+        "about people (hiring, policing, grading, health).",
+    ]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return plain
