@@ -52,8 +52,8 @@ class Config:
     scale_factor: float = 1.1
     min_neighbors: int = 5
     min_face_px: int = 40
-    detect_width: int = 480
-    detect_every: int = 5
+    detect_width: int = 320
+    detect_every: int = 10
     smoothing: float = 0.6
     crop_margin: float = 0.0
     image_detect_width: int = 1280

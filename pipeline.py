@@ -67,7 +67,7 @@ class FaceDetector:
         self.min_face_px = min_face_px
         self.detect_width = detect_width
 
-    def detect(self, gray, min_px=None, max_px=None):
+    def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
         """Find faces in a ``(H, W)`` uint8 grayscale frame or part of one.
 
         Args:
@@ -75,21 +75,28 @@ class FaceDetector:
             min_px, max_px: face sides searched, in pixels of ``gray``
                 (default: ``min_face_px`` up to the whole image).  A narrow
                 range is what makes a search around a tracked face cheap.
+            scale: downscale factor applied before searching (default: down
+                to ``detect_width``).
+            min_neighbors: overrides the detector's setting for this search.
 
         Returns:
             ``(N, 4)`` int32 array of ``(x, y, w, h)`` boxes in pixels of ``gray``.
         """
-        scale = 1.0
-        if self.detect_width and gray.shape[1] > self.detect_width:
-            scale = self.detect_width / gray.shape[1]
-            gray = cv2.resize(gray, (self.detect_width, max(1, round(gray.shape[0] * scale))),
+        if scale is None:
+            scale = 1.0
+            if self.detect_width and gray.shape[1] > self.detect_width:
+                scale = self.detect_width / gray.shape[1]
+        if scale < 1.0:
+            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
                               interpolation=cv2.INTER_AREA)
+        else:
+            scale = 1.0
         min_side = max(self.WINDOW_PX, round((min_px or self.min_face_px) * scale))
         max_side = round(max_px * scale) if max_px else 0
         if max_side and max_side < min_side or min(gray.shape[:2]) < min_side:
             return np.zeros((0, 4), np.int32)
         boxes = self.cascade.detectMultiScale(
-            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            gray, scaleFactor=self.scale_factor, minNeighbors=min_neighbors or self.min_neighbors,
             minSize=(min_side, min_side), maxSize=(max_side, max_side))
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         return np.round(boxes / scale).astype(np.int32)

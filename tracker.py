@@ -43,16 +43,20 @@ class FaceTracker:
         search_margin: the window searched around a tracked face extends
             this fraction of its side on every side.
         max_missed: a face not found for more frames than this is dropped;
-            until then its last box is kept.
+            until then its last box is kept (default: ``detect_every``, so
+            the next full detection confirms or drops it).
         match_iou: a detection continues a track when their boxes overlap
             at least this much (intersection over union).
     """
 
-    def __init__(self, detector, detect_every=5, search_margin=0.5, max_missed=2, match_iou=0.3):
+    TRACK_PX = 48  # face side, in pixels, at which a tracked face is searched for
+    TRACK_NEIGHBORS = 3  # near a known face, fewer overlapping hits suffice
+
+    def __init__(self, detector, detect_every=5, search_margin=0.5, max_missed=None, match_iou=0.3):
         self.detector = detector
         self.detect_every = max(1, int(detect_every))
         self.search_margin = search_margin
-        self.max_missed = max_missed
+        self.max_missed = self.detect_every if max_missed is None else max_missed
         self.match_iou = match_iou
         self.tracks = []
         self._frame = 0
@@ -100,7 +104,11 @@ class FaceTracker:
             m = int(round(max(w, h) * self.search_margin))
             x0, y0 = max(0, x - m), max(0, y - m)
             x1, y1 = min(width, x + w + m), min(height, y + h + m)
-            found = self.detector.detect(gray[y0:y1, x0:x1], min_px=int(w * 0.75), max_px=int(w * 1.33))
+            # Searched at a scale where the face spans about TRACK_PX pixels: a few
+            # cascade windows at a few sizes, a small fraction of a full search.
+            found = self.detector.detect(gray[y0:y1, x0:x1], min_px=int(w * 0.75), max_px=int(w * 1.33),
+                                         scale=min(1.0, self.TRACK_PX / w),
+                                         min_neighbors=self.TRACK_NEIGHBORS)
             if len(found):
                 best = max(found, key=lambda b: iou((b[0] + x0, b[1] + y0, b[2], b[3]), track.box))
                 track.box = (int(best[0]) + x0, int(best[1]) + y0, int(best[2]), int(best[3]))

@@ -70,3 +70,16 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path, tiny_model_files):
     bad_h5.write_bytes(b"\x89HDF\r\n garbage")
     with pytest.raises(ModelLoadError, match="bad.h5"):
         load_model(model_path, bad_h5)
+
+
+@pytest.mark.parametrize("backend", ["tflite", "tf.function"])
+def test_every_backend_matches_keras_on_shipped_model(faces, backend):
+    config = Config()
+    classifier = Classifier.from_files(config.model_path, config.weights_path, backend=backend)
+    assert classifier.backend == backend
+    x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255
+    expected = classifier.model(x, training=False).numpy()
+    for batch in (x[:1], x[:2], x):  # batch size changes resize the interpreter
+        got = classifier.predict(batch)
+        np.testing.assert_allclose(got, expected[:len(batch)], atol=1e-5)
+        assert (got.argmax(1) == expected[:len(batch)].argmax(1)).all()

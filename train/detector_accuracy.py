@@ -1,0 +1,80 @@
+"""Accuracy through the detector: does the server's crop match what the model learned?
+
+    python -m train.detector_accuracy --data path/to/fer2013.csv.gz --margins 0,0.05,0.1,0.15,0.2
+
+FER2013 faces are tightly framed crops; the server instead crops the Haar
+cascade's bounding box.  For each PublicTest face this enlarges it (bicubic,
+to ``--side`` pixels), places it on a plain grey canvas, runs the server's
+``FaceDetector`` with the server's settings, crops the found box with each
+margin using the server's ``crop_faces`` and classifies it.  It prints the
+plain accuracy, the share of faces found, and per margin the accuracy over
+the faces found and over all faces (a missed face counts as wrong).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from train.data import load_fer2013_csv  # noqa: E402
+
+
+def main(argv=None):
+    from classifier import Classifier
+    from config import Config
+    from pipeline import FaceDetector, crop_faces
+    from train.evaluate import predict
+
+    defaults = Config()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="PublicTest")
+    p.add_argument("--model", default=str(defaults.model_path))
+    p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.25")
+    p.add_argument("--side", type=int, default=144, help="face side on the canvas, pixels")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    images, labels = load_fer2013_csv(args.data)[args.split]
+    classifier = Classifier.from_files(args.model, args.weights)
+    detector = FaceDetector(defaults.scale_factor, defaults.min_neighbors, defaults.min_face_px,
+                            defaults.detect_width)
+    plain = float((predict(classifier, images).argmax(1) == labels).mean())
+    margins = [float(m) for m in args.margins.split(",")]
+    side, pad = args.side, args.side // 2
+    found_index, crops = [], {m: [] for m in margins}
+    for i, face in enumerate(images):
+        canvas = np.full((side + 2 * pad, side + 2 * pad), 128, np.uint8)
+        canvas[pad:pad + side, pad:pad + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        boxes = detector.detect(canvas)
+        if len(boxes) == 0:
+            continue
+        centre = np.array([pad + side / 2, pad + side / 2])
+        box = min(boxes, key=lambda b: np.abs(b[:2] + b[2:] / 2 - centre).sum())  # the face, not a stray box
+        found_index.append(i)
+        for m in margins:
+            crops[m].append(crop_faces(canvas, box[None], classifier.input_size, m)[0])
+    found = np.array(found_index)
+    result = {"n": int(len(images)), "plain_accuracy": round(plain, 4),
+              "found": round(len(found) / len(images), 4), "margins": {}}
+    print(f"{args.split}: {len(images)} faces; plain accuracy {plain:.4f}; "
+          f"the detector found {len(found)} ({len(found) / len(images):.1%})")
+    for m in margins:
+        probs = classifier.predict(np.stack(crops[m])) if len(found) else np.zeros((0, 1))
+        correct = int((probs.argmax(1) == labels[found]).sum()) if len(found) else 0
+        result["margins"][str(m)] = {"accuracy_found": round(correct / max(1, len(found)), 4),
+                                     "accuracy_all": round(correct / len(images), 4)}
+        print(f"margin {m:.2f}: accuracy {correct / max(1, len(found)):.4f} on the faces found, "
+              f"{correct / len(images):.4f} on all")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
