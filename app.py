@@ -13,15 +13,19 @@ from images import ImageError, decode_image
 from pipeline import FaceDetector, FramePipeline
 
 
-def build_pipeline(config, classifier=None, detect_width=None):
+def build_pipeline(config, classifier=None, for_images=False):
     """Load the model (unless given) and assemble the configured ``FramePipeline``.
+
+    ``for_images`` uses the settings for uploaded photos (``image_*``) instead
+    of those for video frames.
 
     Raises:
         classifier.ModelLoadError: the model files cannot be loaded.
     """
     classifier = classifier or Classifier.from_files(config.model_path, config.weights_path)
-    detector = FaceDetector(config.scale_factor, config.min_neighbors, config.min_face_px,
-                            detect_width or config.detect_width)
+    detector = FaceDetector(config.scale_factor, config.min_neighbors,
+                            config.image_min_face_px if for_images else config.min_face_px,
+                            config.image_detect_width if for_images else config.detect_width)
     return FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
                          config.smoothing)
 
@@ -71,7 +75,7 @@ def create_app(config=None, camera=None):
     model_name = getattr(getattr(classifier, "model", None), "name", "unknown")
     # Uploads get their own detector (OpenCV cascades are not shared across
     # threads) searching larger images at a higher resolution than video frames.
-    image_pipeline = build_pipeline(config, classifier, config.image_detect_width) if classifier else None
+    image_pipeline = build_pipeline(config, classifier, for_images=True) if classifier else None
     image_lock = threading.Lock()
 
     app = Flask(__name__)

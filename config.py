@@ -30,6 +30,8 @@ class Config:
         smoothing: weight of the past in each tracked face's exponential
             moving average of probabilities; 0 turns smoothing off.
         image_detect_width: like ``detect_width``, for uploaded images.
+        image_min_face_px: like ``min_face_px``, for uploaded images (photos
+            often hold smaller faces than a webcam frame).
         max_upload_bytes: larger request bodies get 413.
         max_image_pixels: images whose header declares more pixels get 413
             before any decoding.
@@ -57,6 +59,7 @@ class Config:
     smoothing: float = 0.6
     crop_margin: float = 0.0
     image_detect_width: int = 1280
+    image_min_face_px: int = 24
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     events_interval_s: float = 0.2

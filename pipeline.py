@@ -145,11 +145,12 @@ def draw_faces(frame, faces):
         cv2.rectangle(frame, (x, y), (x + w, y + h), colour, thickness)
         text = f"{face.label} {face.confidence * 100:.0f}%"
         scale = max(0.45, w / 250)
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        weight = 1 if scale < 0.8 else 2  # thin strokes keep small labels legible
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, weight)
         top = y - th - base - 4 if y - th - base - 4 >= 0 else y + h
         cv2.rectangle(frame, (x, top), (x + tw + 6, top + th + base + 4), colour, cv2.FILLED)
         cv2.putText(frame, text, (x + 3, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), thickness, cv2.LINE_AA)
+                    (0, 0, 0), weight, cv2.LINE_AA)
     return frame
 
 

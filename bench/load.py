@@ -156,9 +156,12 @@ def main(argv=None):
             api.start()
         samples = []
         outage = None
+        warm_mem = None
         while time.monotonic() - started < args.seconds:
             time.sleep(1.0)
             samples.append((round(time.monotonic() - started), *proc_status(server.pid)))
+            if warm_mem is None and time.monotonic() - started >= 10:
+                warm_mem = samples[-1][1]
             if upstream and outage is None and time.monotonic() - started >= args.fail_source_at:
                 upstream.terminate()
                 upstream.wait(10)
@@ -191,6 +194,8 @@ def main(argv=None):
         "api_ms": {q: round(float(np.percentile(latencies, int(q[1:]))), 1) for q in ("p50", "p95", "p99")}
         if latencies else None,
         "server_rss_mb": [round(mem0, 1), round(mem1, 1)], "server_threads": [threads0, threads1],
+        # after the first 10 s every viewer and the API path have allocated their buffers
+        "server_rss_mb_warm": [round(warm_mem, 1), round(mem1, 1)] if warm_mem else None,
         "samples": samples,
     }
     if outage is not None:
@@ -210,6 +215,9 @@ def main(argv=None):
               f"p99 {result['api_ms']['p99']} ({len(latencies)} requests)")
     print(f"server memory {mem0:.1f} MB -> {mem1:.1f} MB ({mem1 - mem0:+.1f} MB), "
           f"threads {threads0} -> {threads1}")
+    if warm_mem:
+        print(f"server memory after the first 10 s of load {warm_mem:.1f} MB -> at the end {mem1:.1f} MB "
+              f"({mem1 - warm_mem:+.1f} MB)")
     if outage is not None:
         print(f"source stopped for 5 s: every viewer had a real frame again "
               f"{result['source_back_to_frames_s']} s after the source returned")
