@@ -51,7 +51,7 @@ class Config:
     loop: bool = True
     idle_timeout_s: float = 5.0
     jpeg_quality: int = 80
-    scale_factor: float = 1.1
+    scale_factor: float = 1.15
     min_neighbors: int = 5
     min_face_px: int = 40
     detect_width: int = 320

@@ -49,7 +49,7 @@ class FaceTracker:
             at least this much (intersection over union).
     """
 
-    TRACK_PX = 48  # face side, in pixels, at which a tracked face is searched for
+    TRACK_PX = 32  # face side, in pixels, at which a tracked face is searched for
     TRACK_NEIGHBORS = 3  # near a known face, fewer overlapping hits suffice
 
     def __init__(self, detector, detect_every=5, search_margin=0.5, max_missed=None, match_iou=0.3):
