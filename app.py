@@ -23,7 +23,8 @@ def build_pipeline(config, classifier=None, for_images=False):
         classifier.ModelLoadError: the model files cannot be loaded.
     """
     classifier = classifier or Classifier.from_files(config.model_path, config.weights_path)
-    detector = FaceDetector(config.scale_factor, config.min_neighbors,
+    detector = FaceDetector(config.image_scale_factor if for_images else config.scale_factor,
+                            config.min_neighbors,
                             config.image_min_face_px if for_images else config.min_face_px,
                             config.image_detect_width if for_images else config.detect_width)
     return FramePipeline(detector, classifier, config.crop_margin, config.detect_every,

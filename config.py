@@ -32,6 +32,8 @@ class Config:
         image_detect_width: like ``detect_width``, for uploaded images.
         image_min_face_px: like ``min_face_px``, for uploaded images (photos
             often hold smaller faces than a webcam frame).
+        image_scale_factor: like ``scale_factor``, for uploaded images: a
+            finer search, as one photo has no next frame to catch a miss.
         max_upload_bytes: larger request bodies get 413.
         max_image_pixels: images whose header declares more pixels get 413
             before any decoding.
@@ -60,6 +62,7 @@ class Config:
     crop_margin: float = 0.0
     image_detect_width: int = 1280
     image_min_face_px: int = 24
+    image_scale_factor: float = 1.1
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     events_interval_s: float = 0.2
