@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import main
-from app import create_app
 from classifier import FER2013_LABELS
 from config import Config
 

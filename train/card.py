@@ -49,7 +49,7 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         f"- Architecture: `train/model.py`, VGG-style CNN, width {args.width}, "
         f"{model.count_params():,} parameters; input 48x48 grayscale in [0, 1]; "
         f"output {len(names)} probabilities: {', '.join(names)}.",
-        f"- Files: `model.json` (Keras JSON, class names under `class_names`) and `model_weights.h5` "
+        "- Files: `model.json` (Keras JSON, class names under `class_names`) and `model_weights.h5` "
         "(classic Keras HDF5 weights layout, float32).",
         "",
         "## Training",
