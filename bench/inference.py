@@ -1,0 +1,59 @@
+"""Classifier inference speed: ms per face at batch size 1, faces/s at batch size 32.
+
+    python -m bench.inference [--model model.json --weights model_weights.h5] [--json]
+
+Times ``Classifier.predict`` (the server's path) for each backend, on
+random faces, after a warm-up call; prints one line per backend and batch
+size.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import Config  # noqa: E402
+
+
+def time_predict(classifier, batch, seconds):
+    """Mean seconds per ``predict`` call on a random ``(batch, S, S, 1)`` float32 batch."""
+    side = classifier.input_size
+    x = np.random.default_rng(0).random((batch, side, side, 1), dtype=np.float32)
+    classifier.predict(x)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        classifier.predict(x)
+        calls += 1
+    return (time.perf_counter() - started) / calls
+
+
+def main(argv=None):
+    from classifier import Classifier, load_model
+
+    defaults = Config()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(defaults.model_path))
+    p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    model, labels = load_model(args.model, args.weights)
+    results = {}
+    for backend in ("tflite", "tf.function"):
+        classifier = Classifier(model, labels, backend=backend)
+        single = time_predict(classifier, 1, args.seconds)
+        batch32 = time_predict(classifier, 32, args.seconds)
+        results[backend] = {"ms_per_face_batch1": round(single * 1e3, 3),
+                            "faces_per_s_batch32": round(32 / batch32, 1)}
+        print(f"{backend:12s} batch 1: {single * 1e3:.2f} ms per face; "
+              f"batch 32: {32 / batch32:.0f} faces/s", flush=True)
+    if args.json:
+        print(json.dumps({"model": model.name, "parameters": model.count_params(), **results}))
+
+
+if __name__ == "__main__":
+    main()
