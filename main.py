@@ -66,12 +66,12 @@ def main(argv=None):
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     limit_malloc_arenas()  # before TensorFlow and the server start their threads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    from app import build_pipeline, create_app  # deferred: --help should not wait for TensorFlow
+    if args.output or args.csv:
+        return analyse(args)
+    from app import create_app  # deferred: --help should not wait for TensorFlow
     from camera import SourceError
     from classifier import ModelLoadError
 
-    if args.output or args.csv:
-        return analyse(args, build_pipeline, (ModelLoadError, SourceError, OSError))
     try:
         app = create_app(config_from_args(args))
     except (ModelLoadError, SourceError) as e:
@@ -103,9 +103,12 @@ def serve(app, host, port, max_clients):
                    outbuf_high_watermark=4 * 1024 * 1024, ident="fer-server")
 
 
-def analyse(args, build_pipeline, errors):
+def analyse(args):
     """Offline mode: analyse --source into --output and/or --csv; returns the exit code."""
     from analyse import analyse_video, summary_text
+    from app import build_pipeline
+    from camera import SourceError
+    from classifier import ModelLoadError
 
     if args.source.strip().isdigit() or "://" in args.source:
         print("error: --output and --csv analyse a video file; give its path with --source",
@@ -114,7 +117,7 @@ def analyse(args, build_pipeline, errors):
     try:
         pipeline = build_pipeline(config_from_args(args))
         summary = analyse_video(args.source, pipeline, args.output, args.csv)
-    except errors as e:
+    except (ModelLoadError, SourceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary_text(summary, args.source))
