@@ -188,6 +188,12 @@ def to_uint8_image(frame):
     return np.ascontiguousarray(frame)
 
 
+def _grayscale(frame):
+    """``to_uint8_image``, then ``(H, W)`` uint8 grayscale."""
+    frame = to_uint8_image(frame)
+    return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+
 class FramePipeline:
     """Detect or track, crop, classify (one batched call per frame) and draw.
 
@@ -235,8 +241,7 @@ class FramePipeline:
             ValueError: ``frame`` is not an image.
         """
         started = time.perf_counter()
-        frame = to_uint8_image(frame)
-        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        gray = _grayscale(frame)
         tracks = self.tracker.update(gray)
         detected = time.perf_counter()
         probs = self._classify(gray, [t.box for t in tracks])
@@ -254,8 +259,7 @@ class FramePipeline:
 
     def analyse_image(self, image):
         """Classify every face of a single image: full detection, no tracking or smoothing."""
-        image = to_uint8_image(image)
-        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        gray = _grayscale(image)
         boxes = self.detector.detect(gray)
         return [self._face(b, p) for b, p in zip(boxes, self._classify(gray, boxes))]
 

@@ -81,8 +81,6 @@ def run_fast(source, config, seconds, pass_frames):
 
     camera = Camera(str(source), pipeline, loop=True, pace=False, jpeg_quality=config.jpeg_quality,
                     on_frame=on_frame)
-    # warm up the classifier's graph outside the measurement
-    pipeline.classifier.predict(np.zeros((1, 48, 48, 1), np.float32))
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     for _ in camera.frames():
         if time.perf_counter() - t0 >= seconds and len(records) >= pass_frames:

@@ -1,28 +1,9 @@
 """The model card written next to a trained model (Mitchell et al. 2019, "Model Cards for Model Reporting")."""
 import csv
-import time
 from pathlib import Path
 
-import numpy as np
-
+from bench.inference import time_predict
 from train.evaluate import metrics, predict
-
-
-def inference_speed(classifier, repeats=200):
-    """``(ms per face at batch 1, faces per second at batch 32)`` through ``Classifier.predict``."""
-    side = classifier.input_size
-    for batch, n in ((1, repeats), (32, max(10, repeats // 8))):
-        x = np.random.default_rng(0).random((batch, side, side, 1), dtype=np.float32)
-        classifier.predict(x)
-        started = time.perf_counter()
-        for _ in range(n):
-            classifier.predict(x)
-        elapsed = (time.perf_counter() - started) / n
-        if batch == 1:
-            ms_single = elapsed * 1e3
-        else:
-            per_second = batch / elapsed
-    return ms_single, per_second
 
 
 def write_model_card(path, classifier, images, labels, args, history_csv, precision):
@@ -35,7 +16,8 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
     names = classifier.labels
     plain = metrics(labels, predict(classifier, images).argmax(1), names)
     plain["tta"] = metrics(labels, predict(classifier, images, tta=True).argmax(1), names)
-    ms_single, per_second = inference_speed(classifier)
+    ms_single = time_predict(classifier, 1, seconds=1.0) * 1e3
+    per_second = 32 / time_predict(classifier, 32, seconds=1.0)
     epochs = []
     if Path(history_csv).exists():
         with open(history_csv, newline="") as f:
