@@ -140,6 +140,34 @@ def resolve_source(source, demo_clip, open_capture=cv2.VideoCapture):
     return source, None
 
 
+class _Wakeup:
+    """A one-shot signal for the clients waiting on the next frame.
+
+    ``threading.Condition.notify_all`` wakes every waiting client at once,
+    and 50 threads then fight over the condition's lock and the GIL (about
+    20 futex calls per client per frame, measured with ``strace -c``).  Here
+    the first waiter gets the lock when it is fired and passes it on, so
+    the clients wake one after another.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def fire(self):
+        """Wake the waiters; call once."""
+        self._lock.release()
+
+    def wait(self, timeout_s):
+        """True once fired, False after ``timeout_s`` seconds."""
+        if self._lock.acquire(timeout=timeout_s):
+            self._lock.release()
+            return True
+        return False
+
+
 class Camera:
     """A video source processed by one background thread and shared by all clients.
 
@@ -182,6 +210,7 @@ class Camera:
         self.max_backoff_s = max_backoff_s
         self.is_file = not isinstance(source, int) and not is_url(source)
         self._cond = threading.Condition()
+        self._wakeup = _Wakeup()  # fired, and replaced, at each frame and at the end of a run
         self._device = threading.Lock()  # held from open to release of the capture
         self._thread = None
         self._clients = 0
@@ -246,17 +275,16 @@ class Camera:
                 return
             run = self._run_id
             last = -1
+        wakeup = None  # the first pass does not wait: a frame already there is sent at once
         try:
             while True:
-                with self._cond:
-                    self._cond.wait_for(
-                        lambda: (self._frame is not None and self._frame.seq > last)
-                        or self._ended_run == run or self._closed.is_set(), keepalive_s)
-                    frame = self._frame
-                    if self._closed.is_set() or (
-                            self._ended_run == run and (frame is None or frame.seq <= last)):
-                        return
-                if frame is None:
+                fresh = wakeup is None or wakeup.wait(keepalive_s)
+                wakeup = self._wakeup  # read before the frame, so no frame is missed
+                frame = self._frame
+                if self._closed.is_set() or (
+                        self._ended_run == run and (frame is None or frame.seq <= last)):
+                    return
+                if frame is None or (fresh and frame.seq <= last):
                     continue
                 last = frame.seq
                 yield frame
@@ -272,6 +300,7 @@ class Camera:
         with self._cond:
             thread = self._thread
             self._cond.notify_all()
+            self._wake_clients_locked()
         if thread is not None:
             thread.join(timeout_s)
 
@@ -303,7 +332,11 @@ class Camera:
             self._thread = None
             self._ended_run = run
             self.state = state
-            self._cond.notify_all()
+            self._wake_clients_locked()
+
+    def _wake_clients_locked(self):
+        wakeup, self._wakeup = self._wakeup, _Wakeup()
+        wakeup.fire()
 
     def _open(self):
         try:
@@ -431,6 +464,6 @@ class Camera:
         with self._cond:
             self._seq += 1
             self._frame = frame = dataclasses.replace(frame, seq=self._seq)
-            self._cond.notify_all()
+            self._wake_clients_locked()
         if self.on_frame:
             self.on_frame(frame)

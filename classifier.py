@@ -158,6 +158,9 @@ class Classifier:
             try:
                 self._interpreter = _tflite_interpreter(model, threads)
                 self._batch = None
+                # tensor indices, looked up once: get_*_details() builds dicts for every tensor
+                self._input = self._interpreter.get_input_details()[0]["index"]
+                self._output = self._interpreter.get_output_details()[0]["index"]
             except Exception as e:  # noqa: BLE001 - any converter failure: fall back
                 log.warning("TensorFlow Lite conversion failed (%s); using tf.function", _first_line(e))
                 self.backend = "tf.function"
@@ -192,14 +195,13 @@ class Classifier:
             return self._graph(faces).numpy()
         with self._lock:
             interpreter = self._interpreter
-            inp = interpreter.get_input_details()[0]["index"]
             if self._batch != len(faces):
-                interpreter.resize_tensor_input(inp, faces.shape)
+                interpreter.resize_tensor_input(self._input, faces.shape)
                 interpreter.allocate_tensors()
                 self._batch = len(faces)
-            interpreter.set_tensor(inp, faces)
+            interpreter.set_tensor(self._input, faces)
             interpreter.invoke()
-            return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+            return interpreter.get_tensor(self._output).copy()
 
 
 def _tflite_interpreter(model, threads):

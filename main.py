@@ -95,12 +95,19 @@ def serve(app, host, port, max_clients):
     An MJPEG viewer holds a worker for as long as it watches; waitress reads
     requests in its own event loop, so a slow client never holds a worker
     while sending its request, and a connection idle for 60 s is closed.
+
+    ``outbuf_high_watermark`` bounds what one connection buffers: waitress
+    appends every write to a buffer that is only dropped once this many
+    bytes went through it (its default is 16 MB per connection, 4 MB made
+    50 viewers' memory swing by 150 MB), and a viewer that falls this far
+    behind makes its worker wait, and then skip to the newest frame.
+    256 KB is about 10 frames of 600x440 video.
     """
     import waitress
 
     waitress.serve(app, host=host, port=port, threads=max_clients + 8,
                    connection_limit=max_clients + 32, channel_timeout=60,
-                   outbuf_high_watermark=4 * 1024 * 1024, ident="fer-server")
+                   outbuf_high_watermark=256 * 1024, ident="fer-server")
 
 
 def analyse(args):

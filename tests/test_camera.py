@@ -51,6 +51,21 @@ def test_simultaneous_readers_share_one_capture(make_camera, clip, pass_through,
     assert camera.clients == 0
 
 
+def test_every_waiting_reader_wakes_for_every_frame(make_camera, clip, pass_through):
+    # the clients are woken one after another (camera._Wakeup); none may miss a frame
+    camera = make_camera(str(clip), pass_through)  # paced at the clip's 10 fps
+    results = [None] * 20
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, take(camera, 6)))
+               for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    for frames in results:
+        seqs = [f.seq for f in frames]
+        assert seqs[1:] == list(range(seqs[1], seqs[1] + 5))  # after the first, no gaps
+
+
 def test_thread_releases_after_last_client_and_restarts(make_camera, clip, pass_through, counting_capture):
     camera = make_camera(str(clip), pass_through, open_capture=counting_capture, idle_timeout_s=0.2)
     take(camera, 2)
