@@ -138,8 +138,9 @@ def create_app(config=None, camera=None):
     def video_feed():
         if (refusal := too_many_viewers()):
             return refusal
+        # direct_passthrough: the server iterates our generator itself (the parts are bytes)
         return Response(each_frame(lambda frame: frame.part), mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                        headers={"Cache-Control": "no-store"})
+                        headers={"Cache-Control": "no-store"}, direct_passthrough=True)
 
     def live_payload(frame):
         payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,

@@ -103,7 +103,11 @@ def test_one_epoch_of_a_tiny_model_serves_its_classes(tmp_path, folder_path, mak
     from config import Config
     from train.__main__ import main
 
+    from train.card import NOTES_MARKER
+
     out = tmp_path / "model"
+    out.mkdir()
+    (out / "MODEL_CARD.md").write_text(f"old card\n{NOTES_MARKER}\nwhat we tried\n")
     main(["--data", str(folder_path), "--out", str(out), "--epochs", "1", "--batch-size", "8",
           "--width", "4", "--classes", "Angry,Happy,Sad,Neutral",
           "--checkpoint-dir", str(tmp_path / "ckpt"), "--precision", "float32"])
@@ -113,7 +117,9 @@ def test_one_epoch_of_a_tiny_model_serves_its_classes(tmp_path, folder_path, mak
     assert labels == ("Angry", "Happy", "Sad", "Neutral") and model.output_shape == (None, 4)
     with h5py.File(out / "model_weights.h5") as f:  # classic layout, float32
         assert "layer_names" in f.attrs and f["block1_conv1"]["block1_conv1/kernel:0"].dtype == np.float32
-    assert "PublicTest results" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "PublicTest results" in card and "old card" not in card
+    assert card.endswith(f"{NOTES_MARKER}\nwhat we tried\n")  # hand-written notes kept
 
     client = make_app(Config(source=str(clip), model_path=out / "model.json",
                              weights_path=out / "model_weights.h5")).test_client()

@@ -5,9 +5,15 @@ from pathlib import Path
 from bench.inference import time_predict
 from train.evaluate import metrics, predict
 
+#: An existing card keeps everything from this line on (experiment notes written by hand).
+NOTES_MARKER = "<!-- hand-written notes: kept when the card is rewritten -->"
+
 
 def write_model_card(path, classifier, images, labels, args, history_csv, precision):
     """Evaluate on the validation split (PublicTest) and write the card as Markdown.
+
+    If ``path`` exists and holds ``NOTES_MARKER``, the part from the marker
+    on is kept at the end of the new card.
 
     Returns:
         The plain ``train.evaluate.metrics`` dict with a ``tta`` entry
@@ -74,5 +80,9 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         "- The model reads facial expressions, not emotions or intentions. Do not use it for decisions "
         "about people (hiring, policing, grading, health).",
     ]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = "\n".join(lines) + "\n"
+    old = Path(path).read_text(encoding="utf-8") if Path(path).exists() else ""
+    if NOTES_MARKER in old:
+        text += "\n" + old[old.index(NOTES_MARKER):]
+    Path(path).write_text(text, encoding="utf-8")
     return plain
