@@ -99,7 +99,7 @@ def test_cli_bad_input_exits_nonzero(tmp_path, capsys):
     assert "missing.csv: no such file" in str(e.value)
 
 
-def test_one_epoch_of_a_tiny_model_serves_its_classes(tmp_path, folder_path, make_app, clip):
+def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, make_app, clip):
     from config import Config
     from train.__main__ import main
 
@@ -108,8 +108,8 @@ def test_one_epoch_of_a_tiny_model_serves_its_classes(tmp_path, folder_path, mak
     out = tmp_path / "model"
     out.mkdir()
     (out / "MODEL_CARD.md").write_text(f"old card\n{NOTES_MARKER}\nwhat we tried\n")
-    main(["--data", str(folder_path), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-          "--width", "4", "--classes", "Angry,Happy,Sad,Neutral",
+    main(["--data", str(folder_path), "--out", str(out), "--epochs", "2", "--batch-size", "8",
+          "--width", "4", "--classes", "Angry,Happy,Sad,Neutral", "--average-last", "2",
           "--checkpoint-dir", str(tmp_path / "ckpt"), "--precision", "float32"])
     for name in ("model.json", "model_weights.h5", "MODEL_CARD.md", "training_history.csv"):
         assert (out / name).exists(), name
@@ -119,6 +119,8 @@ def test_one_epoch_of_a_tiny_model_serves_its_classes(tmp_path, folder_path, mak
         assert "layer_names" in f.attrs and f["block1_conv1"]["block1_conv1/kernel:0"].dtype == np.float32
     card = (out / "MODEL_CARD.md").read_text()
     assert "PublicTest results" in card and "old card" not in card
+    assert len(list((tmp_path / "ckpt/epochs").glob("*.weights.h5"))) == 2
+    assert "epochs 1-2" in card  # the mean weights were tried, and the card says which won
     assert card.endswith(f"{NOTES_MARKER}\nwhat we tried\n")  # hand-written notes kept
 
     client = make_app(Config(source=str(clip), model_path=out / "model.json",
@@ -143,3 +145,29 @@ def test_evaluate_json(tmp_path, csv_path, tiny_model_files, capsys):
     assert set(result["per_class"]) == set(FER2013_LABELS)
     assert sum(map(sum, result["confusion"])) == 28
     assert (tmp_path / "cm.png").stat().st_size > 1000
+
+
+def test_weight_averaging_and_batchnorm_recalibration(tmp_path):
+    import keras
+
+    from train.average import average_weights, recalibrate_batchnorm
+
+    def net():
+        inputs = keras.Input((4, 4, 1))
+        return keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs)))
+
+    a, b = net(), net()
+    b.set_weights([w + 1.0 for w in a.get_weights()])
+    a.save_weights(str(tmp_path / "a.weights.h5"))
+    b.save_weights(str(tmp_path / "b.weights.h5"))
+    mean = net()
+    average_weights(mean, [tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"])
+    for wm, wa in zip(mean.weights, a.weights):
+        np.testing.assert_allclose(wm.numpy(), wa.numpy() + 0.5, rtol=1e-6)
+
+    images = np.random.default_rng(0).random((96, 4, 4, 1), dtype=np.float32)
+    features = mean.layers[1](images).numpy().reshape(-1, 2)
+    bn = mean.layers[2]
+    recalibrate_batchnorm(mean, images, batch_size=32)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), features.mean(0), rtol=1e-4)
+    assert bn.momentum == 0.99  # restored

@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=12,
                    help="stop after this many epochs without a better PublicTest accuracy")
+    p.add_argument("--average-last", type=int, default=0, metavar="N",
+                   help="also try the mean of the weights of the last N epochs (stochastic weight "
+                        "averaging); whichever of it and the best epoch is better on PublicTest is saved")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--checkpoint-dir", default=str(Path.home() / ".cache/fer-server/train"))
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --checkpoint-dir")
@@ -110,6 +113,7 @@ def main(argv=None):
     args = parse_args(argv)
     ckpt = Path(args.checkpoint_dir).expanduser()
     backup_dir, best_weights, history_csv = ckpt / "backup", ckpt / "best.weights.h5", ckpt / "history.csv"
+    epochs_dir = ckpt / "epochs"  # the last --average-last epochs' weights
     if args.export_best and not best_weights.exists():
         sys.exit(f"error: {best_weights} does not exist; no epoch has finished in {ckpt}")
     if backup_dir.exists() and not (args.resume or args.export_best):
@@ -185,8 +189,17 @@ def main(argv=None):
             print(f"epoch {epoch + 1}/{args.epochs}: {took:.0f} s, {len(x_train) / took:.0f} images/s, "
                   f"PublicTest accuracy {logs['val_accuracy']:.4f}, ETA {left / 60:.0f} min", flush=True)
 
+    class SaveLastEpochs(keras.callbacks.Callback):
+        """Keep the weights of each of the last ``--average-last`` epochs for averaging."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 > args.epochs - args.average_last:
+                epochs_dir.mkdir(exist_ok=True)
+                self.model.save_weights(str(epochs_dir / f"epoch{epoch + 1:03d}.weights.h5"))
+
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup_dir)),
+        SaveLastEpochs(),
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_so_far(history_csv)),
@@ -204,12 +217,32 @@ def main(argv=None):
     keras.mixed_precision.set_global_policy("float32")
     final = build_model(num_classes, args.width)
     final.load_weights(str(best_weights))
+    weights_note = "the best epoch"
+    snapshots = sorted(epochs_dir.glob("epoch*.weights.h5"))[-args.average_last:] if args.average_last else []
+    if len(snapshots) >= 2:
+        from train.average import average_weights, recalibrate_batchnorm
+        from train.evaluate import predict
+
+        averaged = build_model(num_classes, args.width)
+        average_weights(averaged, snapshots)
+        recalibrate_batchnorm(averaged, x_train[..., None].astype(np.float32) / 255.0)
+        best_acc, mean_acc = ((predict(Classifier(m, labels, backend="tf.function"), x_val).argmax(1)
+                               == y_val).mean() for m in (final, averaged))
+        span = f"epochs {snapshots[0].name[5:8].lstrip('0')}-{snapshots[-1].name[5:8].lstrip('0')}"
+        print(f"PublicTest accuracy: best epoch {best_acc:.4f}, mean weights of {span} {mean_acc:.4f}")
+        if mean_acc > best_acc:
+            final, weights_note = averaged, (f"the mean of the weights of {span}, batch-norm statistics "
+                                             f"recomputed (PublicTest {mean_acc:.4f}, best single "
+                                             f"epoch {best_acc:.4f})")
+        else:
+            weights_note = (f"the best epoch (PublicTest {best_acc:.4f}; the mean weights of {span} "
+                            f"gave {mean_acc:.4f})")
     save_model(final, out / "model.json", out / "model_weights.h5", labels)
     for name in ("history.csv", "curves.png"):
         if (ckpt / name).exists():
             shutil.copy(ckpt / name, out / f"training_{name}")
     card = write_model_card(out / "MODEL_CARD.md", Classifier(final, labels), x_val, y_val, args,
-                            history_csv, precision)
+                            history_csv, precision, weights_note)
     print(f"PublicTest accuracy of the saved model: {card['accuracy']:.4f} "
           f"({card['tta']['accuracy']:.4f} with flip TTA), macro-F1 {card['macro_f1']:.4f}")
     print(f"wrote {out / 'model.json'}, {out / 'model_weights.h5'} and {out / 'MODEL_CARD.md'}")

@@ -9,7 +9,7 @@ from train.evaluate import metrics, predict
 NOTES_MARKER = "<!-- hand-written notes: kept when the card is rewritten -->"
 
 
-def write_model_card(path, classifier, images, labels, args, history_csv, precision):
+def write_model_card(path, classifier, images, labels, args, history_csv, precision, weights_note="the best epoch"):
     """Evaluate on the validation split (PublicTest) and write the card as Markdown.
 
     If ``path`` exists and holds ``NOTES_MARKER``, the part from the marker
@@ -48,9 +48,11 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         f"{args.label_smoothing}, class weights (n_max/n_c)^0.5, augmentation: horizontal flip, "
         "rotation +-15 deg, shift +-10%, zoom +-15%, contrast +-30%; early stopping patience "
         f"{args.patience}; precision {precision}; seed {args.seed}.",
-        f"- Epochs run: {len(epochs)}; best epoch {int(best['epoch']) + 1 if best else '?'}.",
+        f"- Epochs run: {len(epochs)}; best epoch {int(best['epoch']) + 1 if best else '?'}; "
+        f"weights shipped: {weights_note}.",
         f"- Command: `python -m train --data {Path(args.data).name} --epochs {args.epochs} "
         f"--batch-size {args.batch_size} --width {args.width}"
+        + (f" --average-last {args.average_last}" if args.average_last else "")
         + (f" --classes {args.classes}" if args.classes else "") + "`",
         "",
         "## PublicTest results",
