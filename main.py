@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from config import Config
+from config import BACKENDS, Config
 
 
 def parse_args(argv=None):
@@ -27,6 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=5000, help="(default: %(default)s)")
     p.add_argument("--model", default=str(defaults.model_path), help="Keras JSON architecture")
     p.add_argument("--weights", default=str(defaults.weights_path), help="classic Keras HDF5 weights")
+    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                   help="classifier inference path (default: %(default)s)")
     p.add_argument("--no-loop", action="store_true", help="end the stream at the end of a video file")
     p.add_argument("--max-clients", type=int, default=defaults.max_clients,
                    help="concurrent stream viewers; more get 503 (default: %(default)s)")
@@ -41,7 +43,7 @@ def parse_args(argv=None):
 
 def config_from_args(args):
     return Config(source=args.source, model_path=Path(args.model), weights_path=Path(args.weights),
-                  loop=not args.no_loop, max_clients=args.max_clients)
+                  loop=not args.no_loop, max_clients=args.max_clients, backend=args.backend)
 
 
 def limit_malloc_arenas(arenas=2):

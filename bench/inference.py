@@ -43,7 +43,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     model, labels = load_model(args.model, args.weights)
     results = {}
-    for backend in ("tflite", "tf.function"):
+    for backend in Classifier.BACKENDS:
         classifier = Classifier(model, labels, backend=backend)
         single = time_predict(classifier, 1, args.seconds)
         batch32 = time_predict(classifier, 32, args.seconds)

@@ -72,7 +72,7 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path, tiny_model_files):
         load_model(model_path, bad_h5)
 
 
-@pytest.mark.parametrize("backend", ["tflite", "tf.function"])
+@pytest.mark.parametrize("backend", Classifier.BACKENDS)
 def test_every_backend_matches_keras_on_shipped_model(faces, backend):
     config = Config()
     classifier = Classifier.from_files(config.model_path, config.weights_path, backend=backend)
@@ -81,5 +81,6 @@ def test_every_backend_matches_keras_on_shipped_model(faces, backend):
     expected = classifier.model(x, training=False).numpy()
     for batch in (x[:1], x[:2], x):  # batch size changes resize the interpreter
         got = classifier.predict(batch)
-        np.testing.assert_allclose(got, expected[:len(batch)], atol=1e-5)
+        # int8 weights move the probabilities a little, never the label
+        np.testing.assert_allclose(got, expected[:len(batch)], atol=0.05 if backend == "tflite-int8" else 1e-5)
         assert (got.argmax(1) == expected[:len(batch)].argmax(1)).all()

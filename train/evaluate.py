@@ -19,6 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from config import BACKENDS, Config  # noqa: E402
 from train.data import SPLITS, DataError, load_fer2013_csv  # noqa: E402
 
 
@@ -103,7 +104,6 @@ def format_report(result, labels):
 
 
 def main(argv=None):
-    from config import Config
 
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -111,6 +111,8 @@ def main(argv=None):
     p.add_argument("--split", choices=SPLITS, default="PublicTest")
     p.add_argument("--model", default=str(defaults.model_path))
     p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--backend", choices=BACKENDS, default="tflite",
+                   help="inference path, as in the server (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally mirrored face")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.add_argument("--confusion-png", help="where to save the confusion matrix "
@@ -121,7 +123,7 @@ def main(argv=None):
 
     try:
         data = load_fer2013_csv(args.data)
-        classifier = Classifier.from_files(args.model, args.weights)
+        classifier = Classifier.from_files(args.model, args.weights, backend=args.backend)
     except (DataError, ModelLoadError) as e:
         sys.exit(f"error: {e}")
     if args.split not in data:
