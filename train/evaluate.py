@@ -104,7 +104,6 @@ def format_report(result, labels):
 
 
 def main(argv=None):
-
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="FER2013 CSV, plain or .gz")
