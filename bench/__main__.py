@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from config import Config  # noqa: E402
+from config import BACKENDS, Config  # noqa: E402
 
 STAGES = ("decode", "detect", "classify", "draw", "encode")
 
@@ -157,6 +157,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.add_argument("--detect-every", type=int, help="override config.detect_every")
     p.add_argument("--detect-width", type=int, help="override config.detect_width (0: full resolution)")
+    p.add_argument("--backend", choices=BACKENDS, help="override config.backend (the classifier's path)")
     args = p.parse_args(argv)
     source = Path(args.source)
     if not source.is_file() or count_frames(source) == 0:
@@ -175,6 +176,8 @@ def main(argv=None):
         overrides["detect_every"] = args.detect_every
     if args.detect_width is not None:
         overrides["detect_width"] = args.detect_width or None
+    if args.backend:
+        overrides["backend"] = args.backend
     config = Config(source=str(source), **overrides)
     cap = cv2.VideoCapture(str(source))
     size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
@@ -182,7 +185,7 @@ def main(argv=None):
     cap.release()
     pass_frames = count_frames(source)
     print(f"{source.name}: {size}, {pass_frames} frames at {video_fps:g} fps; "
-          f"detect_every={config.detect_every}, detect_width={config.detect_width}", flush=True)
+          f"detect_every={config.detect_every}, detect_width={config.detect_width}, backend={config.backend}", flush=True)
     results = [run_fast(source, config, args.seconds, pass_frames)]
     if args.baseline:
         results.append(run_baseline(source, config, args.seconds))
