@@ -26,7 +26,7 @@ from train.data import load_fer2013_csv  # noqa: E402
 
 def main(argv=None):
     from classifier import Classifier
-    from config import Config
+    from config import BACKENDS, Config
     from pipeline import FaceDetector, crop_faces
     from train.evaluate import predict
 
@@ -36,13 +36,15 @@ def main(argv=None):
     p.add_argument("--split", default="PublicTest")
     p.add_argument("--model", default=str(defaults.model_path))
     p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                   help="classifier inference path (default: the server's, %(default)s)")
     p.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.25")
     p.add_argument("--side", type=int, default=144, help="face side on the canvas, pixels")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     images, labels = load_fer2013_csv(args.data)[args.split]
-    classifier = Classifier.from_files(args.model, args.weights)
+    classifier = Classifier.from_files(args.model, args.weights, backend=args.backend)
     detector = FaceDetector(defaults.scale_factor, defaults.min_neighbors, defaults.min_face_px,
                             defaults.detect_width)
     plain = float((predict(classifier, images).argmax(1) == labels).mean())

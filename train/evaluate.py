@@ -110,8 +110,8 @@ def main(argv=None):
     p.add_argument("--split", choices=SPLITS, default="PublicTest")
     p.add_argument("--model", default=str(defaults.model_path))
     p.add_argument("--weights", default=str(defaults.weights_path))
-    p.add_argument("--backend", choices=BACKENDS, default="tflite",
-                   help="inference path, as in the server (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                   help="inference path (default: the server's, %(default)s)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally mirrored face")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.add_argument("--confusion-png", help="where to save the confusion matrix "
