@@ -278,7 +278,8 @@ class Camera:
         wakeup = None  # the first pass does not wait: a frame already there is sent at once
         try:
             while True:
-                fresh = wakeup is None or wakeup.wait(keepalive_s)
+                fresh = (wakeup is None or self._ended_run == run or self._closed.is_set()
+                         or wakeup.wait(keepalive_s))
                 wakeup = self._wakeup  # read before the frame, so no frame is missed
                 frame = self._frame
                 if self._closed.is_set() or (

@@ -120,7 +120,7 @@ def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, mak
     card = (out / "MODEL_CARD.md").read_text()
     assert "PublicTest results" in card and "old card" not in card
     assert len(list((tmp_path / "ckpt/epochs").glob("*.weights.h5"))) == 2
-    assert "epochs 1-2" in card  # the mean weights were tried, and the card says which won
+    assert "2 epochs, 1 to 2" in card  # the mean weights were tried, and the card says which won
     assert card.endswith(f"{NOTES_MARKER}\nwhat we tried\n")  # hand-written notes kept
 
     client = make_app(Config(source=str(clip), model_path=out / "model.json",

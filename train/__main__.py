@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-dir", default=str(Path.home() / ".cache/fer-server/train"))
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --checkpoint-dir")
     p.add_argument("--export-best", action="store_true",
-                   help="do not train: write the model files from the best epoch in --checkpoint-dir")
+                   help="do not train: write the model files from the best epoch in --checkpoint-dir "
+                        "(or, with --average-last, from the mean weights if they are better)")
     p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default="auto",
                    help="auto: mixed_bfloat16 on CPUs with AMX, where it is faster, else float32")
     return p.parse_args(argv)
@@ -198,8 +199,8 @@ def main(argv=None):
                 self.model.save_weights(str(epochs_dir / f"epoch{epoch + 1:03d}.weights.h5"))
 
     callbacks = [
+        SaveLastEpochs(),  # before the backup: a resumed run does not repeat a backed-up epoch
         keras.callbacks.BackupAndRestore(str(backup_dir)),
-        SaveLastEpochs(),
         keras.callbacks.ModelCheckpoint(str(best_weights), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_so_far(history_csv)),
@@ -219,6 +220,9 @@ def main(argv=None):
     final.load_weights(str(best_weights))
     weights_note = "the best epoch"
     snapshots = sorted(epochs_dir.glob("epoch*.weights.h5"))[-args.average_last:] if args.average_last else []
+    if args.average_last and len(snapshots) < 2:
+        print(f"no weight averaging: {len(snapshots)} of the last {args.average_last} epochs' weights "
+              f"in {epochs_dir} (training stopped early?)")
     if len(snapshots) >= 2:
         from train.average import average_weights, recalibrate_batchnorm
         from train.evaluate import predict
@@ -228,7 +232,8 @@ def main(argv=None):
         recalibrate_batchnorm(averaged, x_train[..., None].astype(np.float32) / 255.0)
         best_acc, mean_acc = ((predict(Classifier(m, labels, backend="tf.function"), x_val).argmax(1)
                                == y_val).mean() for m in (final, averaged))
-        span = f"epochs {snapshots[0].name[5:8].lstrip('0')}-{snapshots[-1].name[5:8].lstrip('0')}"
+        span = (f"{len(snapshots)} epochs, {snapshots[0].name[5:8].lstrip('0')} "
+                f"to {snapshots[-1].name[5:8].lstrip('0')}")
         print(f"PublicTest accuracy: best epoch {best_acc:.4f}, mean weights of {span} {mean_acc:.4f}")
         if mean_acc > best_acc:
             final, weights_note = averaged, (f"the mean of the weights of {span}, batch-norm statistics "

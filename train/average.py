@@ -31,8 +31,12 @@ def average_weights(model, weight_files):
 
 
 def recalibrate_batchnorm(model, images, batch_size=256):
-    """Set every BatchNormalization layer's moving mean and variance to their
-    exact averages over ``images``, the other weights unchanged.
+    """Recompute every BatchNormalization layer's moving mean and variance
+    over ``images``, the other weights unchanged.
+
+    Each becomes the mean of its per-batch values, weighted by batch size,
+    as ``torch.optim.swa_utils.update_bn`` does (the variance so leaves out
+    the small spread between batch means).
 
     Args:
         images: ``(N, 48, 48, 1)`` float32 in [0, 1], training faces without
@@ -43,10 +47,13 @@ def recalibrate_batchnorm(model, images, batch_size=256):
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     momentum = [layer.momentum for layer in layers]
     try:
-        for k, start in enumerate(range(0, len(images), batch_size)):
-            for layer in layers:  # a cumulative mean: batch k gets weight 1/(k+1)
-                layer.momentum = k / (k + 1)
-            model(images[start:start + batch_size], training=True)
+        seen = 0
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            for layer in layers:  # moving = moving * momentum + batch * (1 - momentum)
+                layer.momentum = seen / (seen + len(batch))
+            model(batch, training=True)
+            seen += len(batch)
     finally:
         for layer, m in zip(layers, momentum):
             layer.momentum = m

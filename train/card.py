@@ -42,7 +42,8 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         "",
         "## Training",
         f"- Data: `{Path(args.data).name}`; trained on the Training split, epoch selected on PublicTest "
-        f"({plain['n']} faces); PrivateTest never used.",
+        f"({plain['n']} faces), so the PublicTest figures below are slightly optimistic; PrivateTest "
+        "never used.",
         f"- Recipe: {args.epochs} epochs planned, batch {args.batch_size}, AdamW (peak lr {args.lr}, "
         f"weight decay {args.weight_decay}), linear warm-up then cosine decay, label smoothing "
         f"{args.label_smoothing}, class weights (n_max/n_c)^0.5, augmentation: horizontal flip, "
