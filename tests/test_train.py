@@ -171,3 +171,21 @@ def test_weight_averaging_and_batchnorm_recalibration(tmp_path):
     recalibrate_batchnorm(mean, images, batch_size=32)
     np.testing.assert_allclose(bn.moving_mean.numpy(), features.mean(0), rtol=1e-4)
     assert bn.momentum == 0.99  # restored
+
+
+def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_files):
+    from train.__main__ import main
+
+    common = ["--data", str(csv_path), "--epochs", "1", "--batch-size", "8", "--precision", "float32",
+              "--init-weights", str(tiny_model_files[1])]
+    with pytest.raises(SystemExit) as e:  # a width-8 model cannot take width-4 weights
+        main([*common, "--width", "8", "--out", str(tmp_path / "bad"), "--checkpoint-dir", str(tmp_path / "c1")])
+    assert "does not fit a width-8 model" in str(e.value) and "model_weights.h5" in str(e.value)
+    assert not (tmp_path / "bad" / "model_weights.h5").exists()
+
+    # With a learning rate of ~0 the one epoch leaves the convolutions where they started.
+    main([*common, "--width", "4", "--lr", "1e-12", "--out", str(tmp_path / "ok"),
+          "--checkpoint-dir", str(tmp_path / "c2")])
+    with h5py.File(tiny_model_files[1]) as a, h5py.File(tmp_path / "ok" / "model_weights.h5") as b:
+        name = "block2_conv1/block2_conv1/kernel:0"
+        np.testing.assert_allclose(b[name][()], a[name][()], atol=1e-6)

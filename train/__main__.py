@@ -45,6 +45,10 @@ def parse_args(argv=None):
     p.add_argument("--average-last", type=int, default=0, metavar="N",
                    help="also try the mean of the weights of the last N epochs (stochastic weight "
                         "averaging); whichever of it and the best epoch is better on PublicTest is saved")
+    p.add_argument("--init-weights", metavar="H5",
+                   help="start from these weights (classic model_weights.h5 or .weights.h5 of the same "
+                        "architecture and --width) instead of random ones: fine-tune a trained model "
+                        "with a new warm-up and cosine cycle")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--checkpoint-dir", default=str(Path.home() / ".cache/fer-server/train"))
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --checkpoint-dir")
@@ -171,6 +175,13 @@ def main(argv=None):
         0.0 if warmup else args.lr, decay_steps=(args.epochs - warmup) * steps,
         warmup_target=args.lr if warmup else None, warmup_steps=warmup * steps)
     model = build_model(num_classes, args.width)
+    if args.init_weights and not args.resume:  # a resumed run restores its own weights
+        try:
+            model.load_weights(str(args.init_weights))
+        except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
+            sys.exit(f"error: {args.init_weights} does not fit a width-{args.width} model with "
+                     f"{num_classes} classes ({str(e).strip().splitlines()[0][:200]})")
+        print(f"initial weights: {args.init_weights}", flush=True)
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
