@@ -145,7 +145,9 @@ class Classifier:
     int8 weights, activations quantised per batch at run time), which
     XNNPACK runs with int8 kernels: about 0.25 ms per face and 5,000
     faces/s at batch size 32 on the same CPU, with probabilities a few
-    hundredths off the float model's.  If conversion fails (an unusual
+    hundredths off the float model's.  On a 2-core AMD EPYC with AVX2 only,
+    it is no faster than float32 (4.75 against 6.03 ms per face at batch
+    size 1, 197 against 204 faces/s at batch size 32).  If conversion fails (an unusual
     custom model), the TFLite backends fall back to ``tf.function``.
 
     Args:

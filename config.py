@@ -47,7 +47,8 @@ class Config:
         crop_margin: fraction of the Haar box side added on each side before
             cropping the face for the classifier.
         backend: the classifier's inference path, ``"tflite"`` (float32),
-            ``"tflite-int8"`` (int8 weights, about 4x faster) or
+            ``"tflite-int8"`` (int8 weights: about 4x faster on the 2-core
+            Xeon with AVX-512, no faster on an AVX2-only AMD EPYC) or
             ``"tf.function"``; see ``classifier.Classifier``.
     """
 
