@@ -147,8 +147,9 @@ class Classifier:
     faces/s at batch size 32 on the same CPU, with probabilities a few
     hundredths off the float model's.  On a 2-core AMD EPYC with AVX2 only,
     it is no faster than float32 (4.75 against 6.03 ms per face at batch
-    size 1, 197 against 204 faces/s at batch size 32).  If conversion fails (an unusual
-    custom model), the TFLite backends fall back to ``tf.function``.
+    size 1, 197 against 204 faces/s at batch size 32).  If conversion fails
+    (an unusual custom model), the TFLite backends fall back to
+    ``tf.function``.
 
     Args:
         model: a Keras model taking ``(N, S, S, 1)`` float32 in [0, 1].

@@ -176,6 +176,11 @@ def test_weight_averaging_and_batchnorm_recalibration(tmp_path):
 def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_files):
     from train.__main__ import main
 
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(csv_path), "--init-weights", str(tmp_path / "none.h5"),
+              "--checkpoint-dir", str(tmp_path / "c0")])
+    assert "none.h5: no such file" in str(e.value)
+
     common = ["--data", str(csv_path), "--epochs", "1", "--batch-size", "8", "--precision", "float32",
               "--init-weights", str(tiny_model_files[1])]
     with pytest.raises(SystemExit) as e:  # a width-8 model cannot take width-4 weights

@@ -121,6 +121,8 @@ def main(argv=None):
     epochs_dir = ckpt / "epochs"  # the last --average-last epochs' weights
     if args.export_best and not best_weights.exists():
         sys.exit(f"error: {best_weights} does not exist; no epoch has finished in {ckpt}")
+    if args.init_weights and not Path(args.init_weights).is_file():
+        sys.exit(f"error: {args.init_weights}: no such file (--init-weights)")
     if backup_dir.exists() and not (args.resume or args.export_best):
         sys.exit(f"error: {backup_dir} holds an interrupted run; pass --resume to continue it, "
                  f"or delete {ckpt} to start over")
