@@ -148,7 +148,7 @@ def main(argv=None):
     from livelossplot import PlotLossesKeras
     from livelossplot.outputs import MatplotlibPlot
 
-    from classifier import Classifier, save_model
+    from classifier import Classifier, _first_line, save_model
     from train.card import write_model_card
     from train.model import build_model
 
@@ -182,7 +182,7 @@ def main(argv=None):
             model.load_weights(str(args.init_weights))
         except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
             sys.exit(f"error: {args.init_weights} does not fit a width-{args.width} model with "
-                     f"{num_classes} classes ({str(e).strip().splitlines()[0][:200]})")
+                     f"{num_classes} classes ({_first_line(e)})")
         print(f"initial weights: {args.init_weights}", flush=True)
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),

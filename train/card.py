@@ -54,8 +54,8 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         f"- Command: `python -m train --data {Path(args.data).name} --epochs {args.epochs} "
         f"--batch-size {args.batch_size} --width {args.width}"
         + (f" --average-last {args.average_last}" if args.average_last else "")
-        + (f" --lr {args.lr}" if args.lr != 2e-3 else "")
-        + (f" --init-weights {Path(args.init_weights).name}" if getattr(args, "init_weights", None) else "")
+        + f" --lr {args.lr}"
+        + (f" --init-weights {Path(args.init_weights).name}" if args.init_weights else "")
         + (f" --classes {args.classes}" if args.classes else "") + "`",
         "",
         "## PublicTest results",
