@@ -194,3 +194,29 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
     with h5py.File(tiny_model_files[1]) as a, h5py.File(tmp_path / "ok" / "model_weights.h5") as b:
         name = "block2_conv1/block2_conv1/kernel:0"
         np.testing.assert_allclose(b[name][()], a[name][()], atol=1e-6)
+
+
+def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
+    from train.__main__ import main
+
+    common = ["--data", str(csv_path), "--epochs", "1", "--batch-size", "8", "--precision", "float32",
+              "--teacher", str(tiny_model_files[1])]
+    with pytest.raises(SystemExit) as e:  # a width-8 model cannot take width-4 weights
+        main([*common, "--width", "8", "--out", str(tmp_path / "bad"), "--checkpoint-dir", str(tmp_path / "c1")])
+    assert "does not fit a width-8 model" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        main([*common[:-1], str(tmp_path / "none.h5"), "--checkpoint-dir", str(tmp_path / "c0")])
+    assert "none.h5: no such file (--teacher)" in str(e.value)
+    main([*common, "--width", "4", "--soft-weight", "0.3", "--out", str(tmp_path / "ok"),
+          "--checkpoint-dir", str(tmp_path / "c2")])
+    card = (tmp_path / "ok" / "MODEL_CARD.md").read_text()
+    assert "--teacher model_weights.h5 --soft-weight 0.3" in card and "self-distillation" in card
+
+
+def test_soft_targets_mix_label_and_teacher():
+    from train.__main__ import soft_targets
+
+    teacher = np.array([[0.6, 0.4, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    targets = soft_targets(np.array([1, 0]), teacher, 0.5)
+    np.testing.assert_allclose(targets, [[0.3, 0.7, 0.0], [0.5, 0.0, 0.5]], rtol=1e-6)
+    assert targets.dtype == np.float32
