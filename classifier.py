@@ -134,7 +134,8 @@ def _first_line(exc):
 class Classifier:
     """Batched inference through a compiled path.
 
-    ``backend="tflite"`` (the default) converts the model once to
+    ``backend="tflite"`` (this class's default; the server's is
+    ``config.Config.backend``, ``"tflite-int8"``) converts the model once to
     TensorFlow Lite and runs it with the interpreter that ships with
     TensorFlow (XNNPACK kernels); ``"tf.function"`` runs the Keras model in
     one traced graph.  Measured on a 2-core Xeon with this project's
@@ -145,9 +146,10 @@ class Classifier:
     int8 weights, activations quantised per batch at run time), which
     XNNPACK runs with int8 kernels: about 0.25 ms per face and 5,000
     faces/s at batch size 32 on the same CPU, with probabilities a few
-    hundredths off the float model's.  On a 2-core AMD EPYC with AVX2 only,
-    it is no faster than float32 (4.75 against 6.03 ms per face at batch
-    size 1, 197 against 204 faces/s at batch size 32).  If conversion fails
+    hundredths off the float model's.  On a 2-core AMD EPYC with AVX-512
+    VNNI: 0.35 against 1.25 ms per face at batch size 1, 3,085 against 800
+    faces/s at batch size 32.  On one with AVX2 only, it is hardly faster
+    than float32 (4.75 against 6.03 ms, 197 against 204 faces/s).  If conversion fails
     (an unusual custom model), the TFLite backends fall back to
     ``tf.function``.
 

@@ -207,10 +207,10 @@ def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
     with pytest.raises(SystemExit) as e:
         main([*common[:-1], str(tmp_path / "none.h5"), "--checkpoint-dir", str(tmp_path / "c0")])
     assert "none.h5: no such file (--teacher)" in str(e.value)
-    main([*common, "--width", "4", "--soft-weight", "0.3", "--out", str(tmp_path / "ok"),
+    main([*common, str(tiny_model_files[1]), "--width", "4", "--soft-weight", "0.3", "--out", str(tmp_path / "ok"),
           "--checkpoint-dir", str(tmp_path / "c2")])
     card = (tmp_path / "ok" / "MODEL_CARD.md").read_text()
-    assert "--teacher model_weights.h5 --soft-weight 0.3" in card and "self-distillation" in card
+    assert "--teacher model_weights.h5 model_weights.h5 --soft-weight 0.3" in card and "(distillation)" in card
 
 
 def test_soft_targets_mix_label_and_teacher():

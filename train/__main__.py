@@ -49,9 +49,9 @@ def parse_args(argv=None):
                    help="start from these weights (classic model_weights.h5 or .weights.h5 of the same "
                         "architecture and --width) instead of random ones: fine-tune a trained model "
                         "with a new warm-up and cosine cycle")
-    p.add_argument("--teacher", metavar="H5",
-                   help="weights of a trained model of the same width: train on (1 - a) * the label "
-                        "+ a * its probabilities with flip TTA (self-distillation)")
+    p.add_argument("--teacher", metavar="H5", nargs="+",
+                   help="weights of one or more trained models of the same width: train on (1 - a) * the "
+                        "label + a * their mean probabilities with flip TTA (distillation)")
     p.add_argument("--soft-weight", type=float, default=0.5, metavar="A",
                    help="a, the teacher's share of each training target (default 0.5)")
     p.add_argument("--seed", type=int, default=1)
@@ -95,8 +95,10 @@ def class_weights(labels, num_classes):
 def soft_targets(labels, probabilities, weight):
     """Training targets ``(1 - weight) * one_hot(labels) + weight * probabilities``.
 
-    Self-distillation ("born-again networks", Furlanello et al. 2018): a
-    trained model's probabilities carry which classes a face resembles.
+    Knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in
+    a Neural Network"; from a model of the same architecture, "born-again
+    networks", Furlanello et al. 2018): trained models' probabilities carry
+    which classes a face resembles.
 
     Args:
         labels: ``(N,)`` int class indices.
@@ -157,8 +159,9 @@ def main(argv=None):
         sys.exit(f"error: {best_weights} does not exist; no epoch has finished in {ckpt}")
     if args.init_weights and not Path(args.init_weights).is_file():
         sys.exit(f"error: {args.init_weights}: no such file (--init-weights)")
-    if args.teacher and not Path(args.teacher).is_file():
-        sys.exit(f"error: {args.teacher}: no such file (--teacher)")
+    for path in args.teacher or ():
+        if not Path(path).is_file():
+            sys.exit(f"error: {path}: no such file (--teacher)")
     if backup_dir.exists() and not (args.resume or args.export_best):
         sys.exit(f"error: {backup_dir} holds an interrupted run; pass --resume to continue it, "
                  f"or delete {ckpt} to start over")
@@ -192,18 +195,20 @@ def main(argv=None):
     if args.teacher:  # in float32, before the training precision is set
         from train.evaluate import predict
 
-        teacher = build_model(len(labels), args.width)
-        try:
-            teacher.load_weights(str(args.teacher))
-        except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
-            sys.exit(f"error: {args.teacher} does not fit a width-{args.width} model with "
-                     f"{len(labels)} classes ({_first_line(e)})")
-        probabilities = predict(Classifier(teacher, labels, backend="tf.function"), x_train, tta=True)
+        probabilities = 0
+        for path in args.teacher:
+            teacher = build_model(len(labels), args.width)
+            try:
+                teacher.load_weights(str(path))
+            except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
+                sys.exit(f"error: {path} does not fit a width-{args.width} model with "
+                         f"{len(labels)} classes ({_first_line(e)})")
+            probabilities = probabilities + predict(Classifier(teacher, labels, backend="tf.function"),
+                                                    x_train, tta=True) / len(args.teacher)
         targets = soft_targets(y_train, probabilities.astype(np.float32), args.soft_weight)
-        print(f"targets: {1 - args.soft_weight:g} x label + {args.soft_weight:g} x {args.teacher} with flip TTA "
-              f"(it agrees with {(probabilities.argmax(1) == y_train).mean():.1%} of the Training labels)",
-              flush=True)
-        del teacher
+        print(f"targets: {1 - args.soft_weight:g} x label + {args.soft_weight:g} x the mean of "
+              f"{len(args.teacher)} teacher(s) with flip TTA (it agrees with "
+              f"{(probabilities.argmax(1) == y_train).mean():.1%} of the Training labels)", flush=True)
 
     precision = args.precision
     if precision == "auto":

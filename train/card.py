@@ -47,8 +47,9 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         f"- Recipe: {args.epochs} epochs planned, batch {args.batch_size}, AdamW (peak lr {args.lr}, "
         f"weight decay {args.weight_decay}), linear warm-up then cosine decay, label smoothing "
         f"{args.label_smoothing}, "
-        + (f"targets {1 - args.soft_weight:g} x the label + {args.soft_weight:g} x the probabilities of "
-           f"`{Path(args.teacher).name}` with flip TTA (self-distillation), " if args.teacher else "")
+        + (f"targets {1 - args.soft_weight:g} x the label + {args.soft_weight:g} x the mean probabilities of "
+           f"{', '.join(f'`{Path(t).name}`' for t in args.teacher)} with flip TTA (distillation), "
+           if args.teacher else "")
         + "class weights (n_max/n_c)^0.5, augmentation: horizontal flip, "
         "rotation +-15 deg, shift +-10%, zoom +-15%, contrast +-30%; early stopping patience "
         f"{args.patience}; precision {precision}; seed {args.seed}.",
@@ -59,7 +60,8 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         + (f" --average-last {args.average_last}" if args.average_last else "")
         + f" --lr {args.lr}"
         + (f" --init-weights {Path(args.init_weights).name}" if args.init_weights else "")
-        + (f" --teacher {Path(args.teacher).name} --soft-weight {args.soft_weight:g}" if args.teacher else "")
+        + (f" --teacher {' '.join(Path(t).name for t in args.teacher)} --soft-weight {args.soft_weight:g}"
+           if args.teacher else "")
         + (f" --classes {args.classes}" if args.classes else "") + "`",
         "",
         "## PublicTest results",
