@@ -81,6 +81,18 @@ def cpu_has_bf16():
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def load_weights_or_exit(model, path, width):
+    """Load ``path`` (classic ``.h5`` or ``.weights.h5``) into ``model``, or exit with one line
+    naming the file, the width and the number of classes when it does not fit."""
+    from classifier import _first_line
+
+    try:
+        model.load_weights(str(path))
+    except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
+        sys.exit(f"error: {path} does not fit a width-{width} model with "
+                 f"{model.output_shape[-1]} classes ({_first_line(e)})")
+
+
 def class_weights(labels, num_classes):
     """Per-class loss weights ``(n_max / n_c) ** 0.5``, scaled to mean 1 over the samples.
 
@@ -187,7 +199,7 @@ def main(argv=None):
     from livelossplot import PlotLossesKeras
     from livelossplot.outputs import MatplotlibPlot
 
-    from classifier import Classifier, _first_line, save_model
+    from classifier import Classifier, save_model
     from train.card import write_model_card
     from train.model import build_model
 
@@ -198,11 +210,7 @@ def main(argv=None):
         probabilities = 0
         for path in args.teacher:
             teacher = build_model(len(labels), args.width)
-            try:
-                teacher.load_weights(str(path))
-            except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
-                sys.exit(f"error: {path} does not fit a width-{args.width} model with "
-                         f"{len(labels)} classes ({_first_line(e)})")
+            load_weights_or_exit(teacher, path, args.width)
             probabilities = probabilities + predict(Classifier(teacher, labels, backend="tf.function"),
                                                     x_train, tta=True) / len(args.teacher)
         targets = soft_targets(y_train, probabilities.astype(np.float32), args.soft_weight)
@@ -236,11 +244,7 @@ def main(argv=None):
         warmup_target=args.lr if warmup else None, warmup_steps=warmup * steps)
     model = build_model(num_classes, args.width)
     if args.init_weights and not args.resume:  # a resumed run restores its own weights
-        try:
-            model.load_weights(str(args.init_weights))
-        except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
-            sys.exit(f"error: {args.init_weights} does not fit a width-{args.width} model with "
-                     f"{num_classes} classes ({_first_line(e)})")
+        load_weights_or_exit(model, args.init_weights, args.width)
         print(f"initial weights: {args.init_weights}", flush=True)
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
