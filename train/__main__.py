@@ -6,7 +6,9 @@
 Reads the Kaggle FER2013 CSV (plain or gzip) or the Kaggle image-folder
 layout (``train/<class>/*.png``, ``test/<class>/...``), trains ``train.model`` on the
 ``Training`` rows with data augmentation, selects the epoch with the best
-``PublicTest`` accuracy, and writes ``model.json`` + ``model_weights.h5``
+``PublicTest`` accuracy, recomputes its batch-norm statistics on the clean
+Training faces (and, with ``--average-last``, averages the last epochs'
+weights) if that scores better, and writes ``model.json`` + ``model_weights.h5``
 (classic HDF5 layout, the class names inside model.json), the per-epoch
 history as CSV, the training curves as a PNG (livelossplot) and a model card
 with the PublicTest figures into ``--out``.  The model files are written only
@@ -58,8 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-dir", default=str(Path.home() / ".cache/fer-server/train"))
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --checkpoint-dir")
     p.add_argument("--export-best", action="store_true",
-                   help="do not train: write the model files from the best epoch in --checkpoint-dir "
-                        "(or, with --average-last, from the mean weights if they are better)")
+                   help="do not train: write the model files from the checkpoints in --checkpoint-dir "
+                        "(the best epoch, with or without recomputed batch-norm statistics, or with "
+                        "--average-last the mean weights, whichever scores best on PublicTest)")
     p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default="auto",
                    help="auto: mixed_bfloat16 on CPUs with bfloat16 instructions (AMX or AVX512_BF16), "
                         "where it is faster, else float32")
