@@ -51,6 +51,47 @@ def faces_payload(faces, width, height, model):
             "model": model}
 
 
+def live_payload(camera, frame, model):
+    """The JSON of ``/api/faces`` and ``/api/events``: ``faces_payload`` plus the source's state."""
+    payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,
+                            frame.height if frame else None, model)
+    payload.update(source=camera.name, notice=camera.notice, error=camera.error,
+                   state=camera.state, frame=frame.seq if frame else None)
+    return payload
+
+
+def events_renderer(camera, model, interval_s):
+    """A new ``render(frame) -> str`` for one ``/api/events`` client.
+
+    It gives the server-sent event of ``live_payload`` (``data: {...}``
+    and a blank line), or "" when less than ``interval_s`` seconds passed
+    since the last event it gave.
+    """
+    last = [0.0]
+
+    def render(frame):
+        if time.monotonic() - last[0] < interval_s:
+            return ""
+        last[0] = time.monotonic()
+        return f"data: {json.dumps(live_payload(camera, frame, model))}\n\n"
+
+    return render
+
+
+#: The first message of ``/api/events``: clients reconnect 2 s after a drop.
+EVENTS_PREAMBLE = "retry: 2000\n\n"
+#: Content types of ``/video_feed`` (MJPEG) and ``/api/events``, and the
+#: headers of both streams: not cached, not buffered by a proxy.
+VIDEO_FEED_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+EVENTS_TYPE = "text/event-stream"
+STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def viewer_limit_message(max_clients):
+    """The error of a 503 for a viewer beyond ``max_clients``."""
+    return f"this server is at its limit of {max_clients} viewers; try again later"
+
+
 def create_app(config=None, camera=None):
     """Application factory.
 
@@ -84,6 +125,11 @@ def create_app(config=None, camera=None):
     app.json.sort_keys = False  # probabilities stay in the model's class order
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.extensions["camera"] = camera
+
+    def new_events_renderer():
+        return events_renderer(camera, model_name, config.events_interval_s)
+
+    app.extensions["events_renderer"] = new_events_renderer  # for server.py's /api/events
 
     @app.errorhandler(HTTPException)
     def http_error(e):
@@ -120,8 +166,7 @@ def create_app(config=None, camera=None):
     def too_many_viewers():
         if camera.clients < config.max_clients:
             return None
-        return jsonify(error=f"this server is at its limit of {config.max_clients} viewers; "
-                             "try again later"), 503, {"Retry-After": "10"}
+        return jsonify(error=viewer_limit_message(config.max_clients)), 503, {"Retry-After": "10"}
 
     @app.get("/healthz")
     def healthz():
@@ -140,38 +185,23 @@ def create_app(config=None, camera=None):
         if (refusal := too_many_viewers()):
             return refusal
         # direct_passthrough: the server iterates our generator itself (the parts are bytes)
-        return Response(each_frame(lambda frame: frame.part), mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                        headers={"Cache-Control": "no-store"}, direct_passthrough=True)
-
-    def live_payload(frame):
-        payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,
-                                frame.height if frame else None, model_name)
-        payload.update(source=camera.name, notice=camera.notice, error=camera.error,
-                       state=camera.state, frame=frame.seq if frame else None)
-        return payload
+        return Response(each_frame(lambda frame: frame.part), mimetype=VIDEO_FEED_TYPE,
+                        headers=STREAM_HEADERS, direct_passthrough=True)
 
     @app.get("/api/faces")
     def faces():
-        return jsonify(live_payload(camera.latest()))
+        return jsonify(live_payload(camera, camera.latest(), model_name))
 
     @app.get("/api/events")
     def events():
         if (refusal := too_many_viewers()):
             return refusal
-        last = [0.0]
-
-        def render(frame):
-            if time.monotonic() - last[0] < config.events_interval_s:
-                return ""
-            last[0] = time.monotonic()
-            return f"data: {json.dumps(live_payload(frame))}\n\n"
 
         def stream():
-            yield "retry: 2000\n\n"
-            yield from each_frame(render)
+            yield EVENTS_PREAMBLE
+            yield from each_frame(new_events_renderer())
 
-        return Response(stream(), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return Response(stream(), mimetype=EVENTS_TYPE, headers=STREAM_HEADERS)
 
     @app.post("/api/predict")
     def predict():

@@ -2,11 +2,13 @@
 
 One ``Camera`` owns the video source.  While at least one client is
 watching, a single background thread reads frames, runs the
-``FramePipeline`` on each, JPEG-encodes the result once and publishes it;
-every client waits on a condition for the next published frame and sends
-the same bytes.  The thread releases the source ``idle_timeout_s`` seconds
-after the last client leaves and starts again with the next one (the
-pattern of Miguel Grinberg's flask-video-streaming).
+``FramePipeline`` on each, JPEG-encodes the result once and publishes it,
+and every client sends the same bytes.  A client with a thread of its own
+iterates ``Camera.frames()``; the event-loop server (``server.py``) holds a
+``Viewer`` per client from ``Camera.connect()`` and is woken through
+``Camera.add_listener``.  The thread releases the source
+``idle_timeout_s`` seconds after the last client leaves and starts again
+with the next one (the pattern of Miguel Grinberg's flask-video-streaming).
 """
 import dataclasses
 import logging
@@ -168,6 +170,54 @@ class _Wakeup:
         return False
 
 
+class Viewer:
+    """One client's registration with a ``Camera``, from ``Camera.connect()``.
+
+    While open it counts in ``Camera.clients`` and keeps the capture thread
+    running.  It remembers the last frame it handed out, so ``poll`` gives
+    each frame at most once.  One client uses it from one thread (or event
+    loop) at a time; ``close`` it when the client goes.
+    """
+
+    def __init__(self, camera, run):
+        self._camera = camera
+        self._run = run
+        self._last = -1  # seq of the last frame handed out
+        self._open = True
+
+    def run_over(self):
+        """True when the capture run this viewer joined has ended or the camera was closed."""
+        return self._camera._ended_run == self._run or self._camera._closed.is_set()
+
+    def poll(self, repeat=False):
+        """The newest frame, if this viewer has not had it yet; never blocks.
+
+        Args:
+            repeat: hand out the newest frame even if it was had already
+                (a keepalive while the source is reconnecting).
+
+        Returns:
+            ``(frame, ended)``: a ``Frame`` or None, and True once the
+            stream is over for this viewer: the camera was closed, or its
+            run ended and every frame of that run was handed out.
+        """
+        camera = self._camera
+        frame = camera._frame
+        if camera._closed.is_set() or (
+                camera._ended_run == self._run and (frame is None or frame.seq <= self._last)):
+            return None, True
+        if frame is None or (frame.seq <= self._last and not repeat):
+            return None, False
+        self._last = frame.seq
+        return frame, False
+
+    def close(self):
+        """Unregister from the camera; idempotent."""
+        if self._open:
+            self._open = False
+            self._camera._disconnect()
+
+
 class Camera:
     """A video source processed by one background thread and shared by all clients.
 
@@ -211,6 +261,7 @@ class Camera:
         self.is_file = not isinstance(source, int) and not is_url(source)
         self._cond = threading.Condition()
         self._wakeup = _Wakeup()  # fired, and replaced, at each frame and at the end of a run
+        self._listeners = []  # called along with each wakeup
         self._device = threading.Lock()  # held from open to release of the capture
         self._thread = None
         self._clients = 0
@@ -257,43 +308,69 @@ class Camera:
         """The most recent ``Frame``, or None before the first one."""
         return self._frame
 
-    def frames(self, keepalive_s=2.0):
-        """Yield each new ``Frame`` to one client, starting the thread if needed.
+    def connect(self):
+        """Register a client, starting the capture thread if needed.
 
-        The generator registers a client while it is alive; closing it (a
-        disconnected HTTP client) unregisters at once.  It ends when the
-        source ends (a video file with ``loop=False``), fails for good, or the
-        camera is closed.  While a live source is reconnecting, the latest
-        frame is repeated every ``keepalive_s`` seconds, so a viewer keeps
-        its picture and a vanished client is noticed at the next write.
+        Returns:
+            A ``Viewer`` to poll for frames and to close when the client
+            goes, or None when the camera is closed.
         """
         with self._cond:
             self._clients += 1
             self._start_locked()
             if self._thread is None:  # closed
                 self._clients -= 1
-                return
-            run = self._run_id
-            last = -1
+                return None
+            return Viewer(self, self._run_id)
+
+    def add_listener(self, listener):
+        """Call ``listener()`` each time a frame is published or a run ends.
+
+        It runs in the publishing thread with the camera's lock held, so it
+        must return at once, as ``loop.call_soon_threadsafe`` does; the
+        event-loop server (``server.py``) wakes its viewers this way.
+        """
+        with self._cond:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener):
+        """Stop calling a listener given to ``add_listener``; no error if it is not there."""
+        with self._cond:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def frames(self, keepalive_s=2.0):
+        """Yield each new ``Frame`` to one client, starting the thread if needed.
+
+        A blocking generator for a client with a thread of its own (a WSGI
+        worker).  It registers a client while it is alive; closing it (a
+        disconnected HTTP client) unregisters at once.  It ends when the
+        source ends (a video file with ``loop=False``), fails for good, or the
+        camera is closed.  While a live source is reconnecting, the latest
+        frame is repeated every ``keepalive_s`` seconds, so a viewer keeps
+        its picture and a vanished client is noticed at the next write.
+        """
+        viewer = self.connect()
+        if viewer is None:
+            return
         wakeup = None  # the first pass does not wait: a frame already there is sent at once
         try:
             while True:
-                fresh = (wakeup is None or self._ended_run == run or self._closed.is_set()
-                         or wakeup.wait(keepalive_s))
+                fresh = wakeup is None or viewer.run_over() or wakeup.wait(keepalive_s)
                 wakeup = self._wakeup  # read before the frame, so no frame is missed
-                frame = self._frame
-                if self._closed.is_set() or (
-                        self._ended_run == run and (frame is None or frame.seq <= last)):
+                frame, ended = viewer.poll(repeat=not fresh)
+                if ended:
                     return
-                if frame is None or (fresh and frame.seq <= last):
-                    continue
-                last = frame.seq
-                yield frame
+                if frame is not None:
+                    yield frame
         finally:
-            with self._cond:
-                self._clients -= 1
-                if self._clients == 0:
-                    self._idle_since = time.monotonic()
+            viewer.close()
+
+    def _disconnect(self):
+        with self._cond:
+            self._clients -= 1
+            if self._clients == 0:
+                self._idle_since = time.monotonic()
 
     def close(self, timeout_s=5.0):
         """Stop the capture thread now, release the source and end every client's stream."""
@@ -338,6 +415,8 @@ class Camera:
     def _wake_clients_locked(self):
         wakeup, self._wakeup = self._wakeup, _Wakeup()
         wakeup.fire()
+        for listener in self._listeners:
+            listener()
 
     def _open(self):
         try:

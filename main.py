@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--max-clients", type=int, default=defaults.max_clients,
                    help="concurrent stream viewers; more get 503 (default: %(default)s)")
     p.add_argument("--debug", action="store_true",
-                   help="serve with Flask's development server (reloader off) instead of waitress")
+                   help="serve with Flask's development server (reloader off) instead of uvicorn")
     p.add_argument("--output", help="analyse the --source video offline (no server) and write it "
                                     "annotated to this file (.mp4 or .avi)")
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
@@ -49,12 +49,13 @@ def config_from_args(args):
 def limit_malloc_arenas(arenas=2):
     """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX)``, like ``MALLOC_ARENA_MAX=2``).
 
-    glibc gives threads their own arenas, up to 8 per core; with a worker
-    thread per viewer, freed frame buffers scatter over them and resident
-    memory creeps up.  Measured with ``python -m bench.load --clients 20
-    --rps 2 --seconds 180 --churn 15``: 776 -> 1008 MB and still rising by
-    default, flat at 871 MB from the 40th second with 2 arenas.  Does
-    nothing off glibc.
+    glibc gives threads their own arenas, up to 8 per core, and freed
+    buffers scattered over them keep resident memory creeping up.  Measured
+    when every viewer had a worker thread (waitress, before ``server.py``),
+    with ``python -m bench.load --clients 20 --rps 2 --seconds 180 --churn
+    15``: 776 -> 1008 MB and still rising by default, flat at 871 MB from
+    the 40th second with 2 arenas.  Kept for the threads that run Flask
+    and TensorFlow.  Does nothing off glibc.
     """
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
@@ -73,9 +74,11 @@ def main(argv=None):
     from app import create_app  # deferred: --help should not wait for TensorFlow
     from camera import SourceError
     from classifier import ModelLoadError
+    from server import serve
 
+    config = config_from_args(args)
     try:
-        app = create_app(config_from_args(args))
+        app = create_app(config)
     except (ModelLoadError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -85,31 +88,10 @@ def main(argv=None):
         if args.debug:
             app.run(host=args.host, port=args.port, threaded=True, debug=True, use_reloader=False)
         else:
-            serve(app, args.host, args.port, args.max_clients)
+            serve(app, config, args.host, args.port)
     finally:
         camera.close()  # release the webcam or file
     return 0
-
-
-def serve(app, host, port, max_clients):
-    """Serve with waitress: one worker thread per stream viewer, plus some for the API.
-
-    An MJPEG viewer holds a worker for as long as it watches; waitress reads
-    requests in its own event loop, so a slow client never holds a worker
-    while sending its request, and a connection idle for 60 s is closed.
-
-    ``outbuf_high_watermark`` bounds what one connection buffers: waitress
-    appends every write to a buffer that is only dropped once this many
-    bytes went through it (its default is 16 MB per connection, 4 MB made
-    50 viewers' memory swing by 150 MB), and a viewer that falls this far
-    behind makes its worker wait, and then skip to the newest frame.
-    256 KB is about 10 frames of 600x440 video.
-    """
-    import waitress
-
-    waitress.serve(app, host=host, port=port, threads=max_clients + 8,
-                   connection_limit=max_clients + 32, channel_timeout=60,
-                   outbuf_high_watermark=256 * 1024, ident="fer-server")
 
 
 def analyse(args):

@@ -4,7 +4,7 @@
     python -m bench.load --clients 20 --seconds 600 --churn 15       # soak: viewers come and go
     python -m bench.load --clients 5 --seconds 40 --fail-source-at 10  # the source drops for 5 s
 
-Starts ``main.py`` (waitress) streaming ``--source`` (default: the demo
+Starts ``main.py`` (uvicorn, ``server.py``) streaming ``--source`` (default: the demo
 clip), then runs ``--clients`` MJPEG viewers and ``--rps`` ``POST
 /api/predict`` requests per second (a fixture photo) for ``--seconds``.
 Reports errors, frames delivered per viewer per second, API latency

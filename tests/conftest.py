@@ -1,5 +1,8 @@
-"""Shared fixtures: the bundled clip and faces, and a tiny untrained model."""
+"""Shared fixtures: the bundled clip and faces, a tiny untrained model, the real server."""
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -100,3 +103,33 @@ def pass_through():
 @pytest.fixture
 def counting_capture():
     return CountingCapture()
+
+
+@pytest.fixture
+def serve(make_app):
+    """``serve(config, camera)`` -> (port, the ASGI app): ``server.create_asgi_app`` served by
+    uvicorn on a free 127.0.0.1 port, in a thread, as ``python main.py`` serves it."""
+    import uvicorn
+
+    from server import create_asgi_app
+
+    servers = []
+
+    def start(config, camera):
+        asgi = create_asgi_app(make_app(config, camera=camera), config)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(asgi, lifespan="off", log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return sock.getsockname()[1], asgi
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(5)

@@ -6,13 +6,11 @@ temporary directory, or in ``$SCREENSHOT_DIR`` when that is set.
 """
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from werkzeug.serving import make_server
 
 from config import Config
 
@@ -27,14 +25,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture
-def server(clip, tiny_model_files, make_app):
+def server(clip, tiny_model_files, serve):
     model_path, weights_path = tiny_model_files
-    app = make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path))
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
+    port, _ = serve(Config(source=str(clip), model_path=model_path, weights_path=weights_path), None)
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
