@@ -42,6 +42,9 @@ class Config:
         events_interval_s: least time between two ``/api/events`` messages.
         max_clients: concurrent stream viewers (``/video_feed`` and
             ``/api/events``) served; more get 503.
+        request_timeout_s: a connection that has not sent a whole request
+            within this many seconds of opening it is closed (slow or
+            silent clients would otherwise hold a slot for good).
         health_max_frame_age_s: ``/healthz`` answers 503 when the source is
             meant to stream but no frame came for this many seconds.
         crop_margin: fraction of the Haar box side added on each side before
@@ -76,5 +79,6 @@ class Config:
     max_image_pixels: int = 40_000_000
     events_interval_s: float = 0.2
     max_clients: int = 64
+    request_timeout_s: float = 30.0
     health_max_frame_age_s: float = 10.0
     backend: str = "tflite-int8"

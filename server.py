@@ -193,20 +193,65 @@ def serve(app, config, host, port):
 
     uvicorn takes uvloop and httptools when they are installed (they are on
     Linux and macOS, see requirements.txt).  Connections beyond
-    ``config.max_clients + 32`` get 503; an idle keep-alive connection is
-    closed after 5 s; Ctrl-C (or SIGTERM) ends the streams, waits up to 3 s
-    for other requests, and returns.
+    ``config.max_clients + 32`` get 503; a connection is closed when its
+    first request has not arrived whole after ``config.request_timeout_s``
+    (30 s), or when it stays idle for 5 s after a response; Ctrl-C (or
+    SIGTERM) ends the streams, waits up to 3 s for other requests, and
+    returns.
+    """
+    asgi = create_asgi_app(app, config)
+    server = make_server(asgi, host=host, port=port, request_timeout_s=config.request_timeout_s,
+                         lifespan="off", access_log=False, log_config=None, server_header=False,
+                         limit_concurrency=config.max_clients + 32, timeout_graceful_shutdown=3)
+    server.run()
+
+
+def make_server(asgi, request_timeout_s, **options):
+    """A ``uvicorn.Server`` for ``create_asgi_app``'s ``asgi``, with two additions.
+
+    - Ctrl-C (or SIGTERM) first ends the streams (``LiveStreams.shutdown``);
+      uvicorn alone would wait for them and then cut them.
+    - A connection that has not sent a whole request ``request_timeout_s``
+      seconds after it opened is closed.  uvicorn has no such timeout (its
+      keep-alive timer starts after a first response: Kludex/uvicorn#1192),
+      so idle or trickling clients (slowloris) would hold connection slots
+      for good.  This reads uvicorn's ``server_state.connections`` and each
+      connection's ``cycle``, checked every second; tests/test_server.py fails
+      if an upgrade changes them.
+
+    Args:
+        asgi: from ``create_asgi_app``.
+        request_timeout_s: seconds.
+        options: ``uvicorn.Config`` arguments.
     """
     import uvicorn
 
-    asgi = create_asgi_app(app, config)
-
     class Server(uvicorn.Server):
+        def __init__(self, config):
+            super().__init__(config)
+            self.opened_at = {}  # connection -> loop time it was first seen without a request
+
         def handle_exit(self, sig, frame):
-            asgi.streams.shutdown()  # else uvicorn waits for the endless streams, then cuts them
+            asgi.streams.shutdown()
             super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(asgi, host=host, port=port, lifespan="off", access_log=False,
-                          log_config=None, server_header=False,
-                          limit_concurrency=config.max_clients + 32,
-                          timeout_graceful_shutdown=3)).run()
+        async def on_tick(self, counter):
+            if counter % 10 == 0:  # ticks are 0.1 s apart
+                self.close_silent_connections()
+            return await super().on_tick(counter)
+
+        def close_silent_connections(self):
+            now = asyncio.get_running_loop().time()
+            connections = self.server_state.connections
+            for connection in list(self.opened_at):
+                if connection not in connections or getattr(connection, "cycle", None) is not None:
+                    del self.opened_at[connection]  # gone, or its request arrived
+            for connection in connections:
+                if getattr(connection, "cycle", None) is None:
+                    opened = self.opened_at.setdefault(connection, now)
+                    if now - opened >= request_timeout_s:
+                        log.info("closing a connection with no request after %.0f s", now - opened)
+                        connection.transport.close()
+                        del self.opened_at[connection]
+
+    return Server(uvicorn.Config(asgi, **options))

@@ -109,9 +109,7 @@ def counting_capture():
 def serve(make_app):
     """``serve(config, camera)`` -> (port, the ASGI app): ``server.create_asgi_app`` served by
     uvicorn on a free 127.0.0.1 port, in a thread, as ``python main.py`` serves it."""
-    import uvicorn
-
-    from server import create_asgi_app
+    from server import create_asgi_app, make_server
 
     servers = []
 
@@ -119,7 +117,7 @@ def serve(make_app):
         asgi = create_asgi_app(make_app(config, camera=camera), config)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(asgi, lifespan="off", log_level="warning"))
+        server = make_server(asgi, config.request_timeout_s, lifespan="off", log_level="warning")
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         servers.append((server, thread))

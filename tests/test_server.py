@@ -125,3 +125,14 @@ def test_a_viewer_that_stops_reading_does_not_hold_up_the_others(serve, make_cam
     stalled.close()
     reader.close()
     assert wait_for(lambda: camera.clients == 0)
+
+
+def test_a_connection_without_a_request_is_closed(serve, make_camera, pass_through, clip):
+    port, _ = serve(Config(request_timeout_s=1.0), make_camera(str(clip), pass_through))
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    trickling = socket.create_connection(("127.0.0.1", port), timeout=10)
+    trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost:")  # a request that never ends
+    started = time.monotonic()
+    assert silent.recv(1) == b"" and trickling.recv(1) == b""  # both closed by the server
+    assert time.monotonic() - started < 5
+    assert read_until(request(port, "/healthz"), b"}").startswith(b"HTTP/1.1 200")
