@@ -66,6 +66,28 @@ def test_every_waiting_reader_wakes_for_every_frame(make_camera, clip, pass_thro
         assert seqs[1:] == list(range(seqs[1], seqs[1] + 5))  # after the first, no gaps
 
 
+def test_listener_and_viewer_poll_see_every_frame_once(make_camera, clip, pass_through):
+    # the event-loop server's way: a listener per frame, a Viewer polled without blocking
+    camera = make_camera(str(clip), pass_through, loop=False, pace=False)
+    calls = threading.Semaphore(0)
+    camera.add_listener(calls.release)
+    viewer = camera.connect()
+    assert camera.clients == 1
+    seqs, ended = [], False
+    while not ended:
+        assert calls.acquire(timeout=5)  # called at each frame and at the end of the run
+        while True:
+            frame, ended = viewer.poll()
+            if frame is None:
+                break
+            seqs.append(frame.seq)
+    assert seqs == sorted(set(seqs)) and seqs[-1] == 35  # none twice; the last frame of the clip
+    assert viewer.poll(repeat=True) == (None, True)
+    viewer.close()
+    viewer.close()  # idempotent
+    assert camera.clients == 0
+
+
 def test_thread_releases_after_last_client_and_restarts(make_camera, clip, pass_through, counting_capture):
     camera = make_camera(str(clip), pass_through, open_capture=counting_capture, idle_timeout_s=0.2)
     take(camera, 2)
