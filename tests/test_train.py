@@ -189,11 +189,13 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
     assert not (tmp_path / "bad" / "model_weights.h5").exists()
 
     # With a learning rate of ~0 the one epoch leaves the convolutions where they started.
-    main([*common, "--width", "4", "--lr", "1e-12", "--out", str(tmp_path / "ok"),
+    main([*common, "--width", "4", "--lr", "1e-12", "--augment", "0.5", "--out", str(tmp_path / "ok"),
           "--checkpoint-dir", str(tmp_path / "c2")])
     with h5py.File(tiny_model_files[1]) as a, h5py.File(tmp_path / "ok" / "model_weights.h5") as b:
         name = "block2_conv1/block2_conv1/kernel:0"
         np.testing.assert_allclose(b[name][()], a[name][()], atol=1e-6)
+    card = (tmp_path / "ok" / "MODEL_CARD.md").read_text()
+    assert "rotation +-7.5 deg, shift +-5%" in card and "--augment 0.5" in card
 
 
 def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
@@ -220,3 +222,28 @@ def test_soft_targets_mix_label_and_teacher():
     targets = soft_targets(np.array([1, 0]), teacher, 0.5)
     np.testing.assert_allclose(targets, [[0.3, 0.7, 0.0], [0.5, 0.0, 0.5]], rtol=1e-6)
     assert targets.dtype == np.float32
+
+
+def test_widening_keeps_the_function(tmp_path, tiny_model_files, faces, capsys):
+    from train.model import build_model
+    from train.widen import main, widen_weights
+
+    narrow, _ = load_model(*tiny_model_files)
+    x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255.0
+    wide = build_model(7, width=6)
+    widen_weights(narrow, wide, noise=0)
+    np.testing.assert_allclose(wide(x).numpy(), narrow(x).numpy(), atol=1e-5)
+    assert wide.count_params() > narrow.count_params()
+    with pytest.raises(ValueError, match="fewer than"):
+        widen_weights(wide, build_model(7, width=4))
+    with pytest.raises(ValueError, match="same classes"):
+        widen_weights(narrow, build_model(4, width=6))
+
+    main(["--model", str(tiny_model_files[0]), "--weights", str(tiny_model_files[1]), "--width", "6",
+          "--noise", "0", "--out", str(tmp_path / "wide.h5")])  # classic layout, as --init-weights takes it
+    with h5py.File(tmp_path / "wide.h5") as f:
+        assert f["block4_conv2/block4_conv2/kernel:0"].shape == (3, 3, 48, 48)
+    again = build_model(7, width=6)
+    again.load_weights(str(tmp_path / "wide.h5"))
+    np.testing.assert_allclose(again(x).numpy(), narrow(x).numpy(), atol=1e-5)
+    assert "parameters" in capsys.readouterr().out

@@ -50,8 +50,10 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         + (f"targets {1 - args.soft_weight:g} x the label + {args.soft_weight:g} x the mean probabilities of "
            f"{', '.join(f'`{Path(t).name}`' for t in args.teacher)} with flip TTA (distillation), "
            if args.teacher else "")
-        + "class weights (n_max/n_c)^0.5, augmentation: horizontal flip, "
-        "rotation +-15 deg, shift +-10%, zoom +-15%, contrast +-30%; early stopping patience "
+        + "class weights (n_max/n_c)^0.5, augmentation: horizontal flip"
+        + (f", rotation +-{15 * args.augment:g} deg, shift +-{10 * args.augment:g}%, "
+           f"zoom +-{15 * args.augment:g}%, contrast +-{30 * args.augment:g}%" if args.augment > 0 else "")
+        + "; early stopping patience "
         f"{args.patience}; precision {precision}; seed {args.seed}.",
         f"- Epochs run: {len(epochs)}; best epoch {int(best['epoch']) + 1 if best else '?'}; "
         f"weights shipped: {weights_note}.",
@@ -59,6 +61,7 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         f"--batch-size {args.batch_size} --width {args.width}"
         + (f" --average-last {args.average_last}" if args.average_last else "")
         + f" --lr {args.lr}"
+        + f" --weight-decay {args.weight_decay} --augment {args.augment:g}"
         + (f" --init-weights {Path(args.init_weights).name}" if args.init_weights else "")
         + (f" --teacher {' '.join(Path(t).name for t in args.teacher)} --soft-weight {args.soft_weight:g}"
            if args.teacher else "")
