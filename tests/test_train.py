@@ -196,6 +196,7 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
         np.testing.assert_allclose(b[name][()], a[name][()], atol=1e-6)
     card = (tmp_path / "ok" / "MODEL_CARD.md").read_text()
     assert "rotation +-7.5 deg, shift +-5%" in card and "--augment 0.5" in card
+    assert "`tflite-int8`: " in card and "server's `tflite-int8` inference path: accuracy" in card
 
 
 def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):

@@ -3,6 +3,8 @@ import csv
 from pathlib import Path
 
 from bench.inference import time_predict
+from classifier import Classifier
+from config import Config
 from train.evaluate import metrics, predict
 
 #: An existing card keeps everything from this line on (experiment notes written by hand).
@@ -22,8 +24,10 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
     names = classifier.labels
     plain = metrics(labels, predict(classifier, images).argmax(1), names)
     plain["tta"] = metrics(labels, predict(classifier, images, tta=True).argmax(1), names)
-    ms_single = time_predict(classifier, 1, seconds=1.0) * 1e3
-    per_second = 32 / time_predict(classifier, 32, seconds=1.0)
+    served = Classifier(classifier.model, names, backend=Config.backend)  # the server's inference path
+    served_accuracy = metrics(labels, predict(served, images).argmax(1), names)["accuracy"]
+    speeds = {c.backend: (time_predict(c, 1, seconds=1.0) * 1e3, 32 / time_predict(c, 32, seconds=1.0))
+              for c in (classifier, served)}
     epochs = []
     if Path(history_csv).exists():
         with open(history_csv, newline="") as f:
@@ -71,6 +75,7 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         f"- Accuracy {plain['accuracy']:.4f}, macro-F1 {plain['macro_f1']:.4f} (single model, no TTA).",
         f"- With flip test-time augmentation: accuracy {plain['tta']['accuracy']:.4f}, "
         f"macro-F1 {plain['tta']['macro_f1']:.4f}.",
+        f"- Through the server's `{served.backend}` inference path: accuracy {served_accuracy:.4f}.",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
@@ -84,8 +89,9 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         *(f"| {n} | " + " | ".join(str(v) for v in row) + " |" for n, row in zip(names, plain["confusion"])),
         "",
         "## Inference speed",
-        f"- {ms_single:.2f} ms per face at batch size 1, {per_second:.0f} faces/s at batch size 32 "
-        "(`Classifier.predict`, measured on the training machine right after training).",
+        *(f"- `{backend}`: {ms:.2f} ms per face at batch size 1, {rate:.0f} faces/s at batch size 32 "
+          "(`Classifier.predict`, measured on the training machine right after training)."
+          for backend, (ms, rate) in speeds.items()),
         "",
         "## Limits",
         "- FER2013 faces were gathered by web image search: mostly posed expressions, 48x48 grayscale, "
