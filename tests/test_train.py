@@ -200,20 +200,28 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
 
 
 def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
-    from train.__main__ import main
+    from classifier import save_classic_weights
+    from train.__main__ import main, weights_width
+    from train.model import build_model
 
-    common = ["--data", str(csv_path), "--epochs", "1", "--batch-size", "8", "--precision", "float32",
-              "--teacher", str(tiny_model_files[1])]
-    with pytest.raises(SystemExit) as e:  # a width-8 model cannot take width-4 weights
-        main([*common, "--width", "8", "--out", str(tmp_path / "bad"), "--checkpoint-dir", str(tmp_path / "c1")])
+    build_model(7, width=4).save_weights(str(tmp_path / "w4.weights.h5"))  # Keras 3 layout: width not read
+    save_classic_weights(build_model(7, width=6), tmp_path / "w6.h5")
+    assert weights_width(tiny_model_files[1]) == 4 and weights_width(tmp_path / "w6.h5") == 6
+    assert weights_width(tmp_path / "w4.weights.h5") is None
+
+    common = ["--data", str(csv_path), "--epochs", "1", "--batch-size", "8", "--precision", "float32", "--teacher"]
+    with pytest.raises(SystemExit) as e:  # taken as --width 8, which width-4 weights do not fit
+        main([*common, str(tmp_path / "w4.weights.h5"), "--width", "8", "--out", str(tmp_path / "bad"),
+              "--checkpoint-dir", str(tmp_path / "c1")])
     assert "does not fit a width-8 model" in str(e.value)
     with pytest.raises(SystemExit) as e:
-        main([*common[:-1], str(tmp_path / "none.h5"), "--checkpoint-dir", str(tmp_path / "c0")])
+        main([*common, str(tmp_path / "none.h5"), "--checkpoint-dir", str(tmp_path / "c0")])
     assert "none.h5: no such file (--teacher)" in str(e.value)
-    main([*common, str(tiny_model_files[1]), "--width", "4", "--soft-weight", "0.3", "--out", str(tmp_path / "ok"),
-          "--checkpoint-dir", str(tmp_path / "c2")])
+    # Classic-layout teachers of other widths than the student's.
+    main([*common, str(tiny_model_files[1]), str(tmp_path / "w6.h5"), "--width", "8", "--soft-weight", "0.3",
+          "--out", str(tmp_path / "ok"), "--checkpoint-dir", str(tmp_path / "c2")])
     card = (tmp_path / "ok" / "MODEL_CARD.md").read_text()
-    assert "--teacher model_weights.h5 model_weights.h5 --soft-weight 0.3" in card and "(distillation)" in card
+    assert "--teacher model_weights.h5 w6.h5 --soft-weight 0.3" in card and "(distillation)" in card
 
 
 def test_soft_targets_mix_label_and_teacher():

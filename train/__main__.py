@@ -55,8 +55,9 @@ def parse_args(argv=None):
                         "architecture and --width) instead of random ones: fine-tune a trained model "
                         "with a new warm-up and cosine cycle")
     p.add_argument("--teacher", metavar="H5", nargs="+",
-                   help="weights of one or more trained models of the same width: train on (1 - a) * the "
-                        "label + a * their mean probabilities with flip TTA (distillation)")
+                   help="weights of one or more trained models (classic .h5: of any width; .weights.h5: of "
+                        "--width): train on (1 - a) * the label + a * their mean probabilities with flip "
+                        "TTA (distillation)")
     p.add_argument("--soft-weight", type=float, default=0.5, metavar="A",
                    help="a, the teacher's share of each training target (default 0.5)")
     p.add_argument("--seed", type=int, default=1)
@@ -97,6 +98,18 @@ def load_weights_or_exit(model, path, width):
     except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
         sys.exit(f"error: {path} does not fit a width-{width} model with "
                  f"{model.output_shape[-1]} classes ({_first_line(e)})")
+
+
+def weights_width(path):
+    """The width of the ``train.model`` network whose classic-layout ``.h5`` weights are at ``path``
+    (filters of ``block1_conv1``), or None when the file is not in that layout."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["block1_conv1/block1_conv1/kernel:0"].shape[-1])
+    except (OSError, KeyError):
+        return None
 
 
 def class_weights(labels, num_classes):
@@ -215,8 +228,9 @@ def main(argv=None):
 
         probabilities = 0
         for path in args.teacher:
-            teacher = build_model(len(labels), args.width)
-            load_weights_or_exit(teacher, path, args.width)
+            width = weights_width(path) or args.width
+            teacher = build_model(len(labels), width)
+            load_weights_or_exit(teacher, path, width)
             probabilities = probabilities + predict(Classifier(teacher, labels, backend="tf.function"),
                                                     x_train, tta=True) / len(args.teacher)
         targets = soft_targets(y_train, probabilities.astype(np.float32), args.soft_weight)
