@@ -220,7 +220,7 @@ def main(argv=None):
 
     from classifier import Classifier, save_model
     from train.card import write_model_card
-    from train.model import build_model
+    from train.model import build_augmentation, build_model
 
     targets = None  # one-hot labels, unless a teacher gives soft targets
     if args.teacher:  # in float32, before the training precision is set
@@ -246,12 +246,7 @@ def main(argv=None):
     num_classes = len(labels)
     print(f"precision: {precision}", flush=True)
 
-    augment = keras.Sequential([keras.layers.RandomFlip("horizontal")] + ([
-        keras.layers.RandomRotation(args.augment * 15 / 360, fill_mode="reflect"),
-        keras.layers.RandomTranslation(args.augment * 0.1, args.augment * 0.1, fill_mode="reflect"),
-        keras.layers.RandomZoom(args.augment * 0.15, fill_mode="reflect"),
-        keras.layers.RandomContrast(args.augment * 0.3, value_range=(0.0, 1.0)),
-    ] if args.augment > 0 else []), name="augment")
+    augment = build_augmentation(args.augment)
     train_ds = make_dataset(x_train, y_train, num_classes, args.batch_size, augment=augment,
                             weights=class_weights(y_train, num_classes), seed=args.seed, targets=targets)
     val_ds = make_dataset(x_val, y_val, num_classes, 256)

@@ -6,6 +6,7 @@ from bench.inference import time_predict
 from classifier import Classifier
 from config import Config
 from train.evaluate import metrics, predict
+from train.model import AUGMENTATION
 
 #: An existing card keeps everything from this line on (experiment notes written by hand).
 NOTES_MARKER = "<!-- hand-written notes: kept when the card is rewritten -->"
@@ -55,8 +56,9 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
            f"{', '.join(f'`{Path(t).name}`' for t in args.teacher)} with flip TTA (distillation), "
            if args.teacher else "")
         + "class weights (n_max/n_c)^0.5, augmentation: horizontal flip"
-        + (f", rotation +-{15 * args.augment:g} deg, shift +-{10 * args.augment:g}%, "
-           f"zoom +-{15 * args.augment:g}%, contrast +-{30 * args.augment:g}%" if args.augment > 0 else "")
+        + (f", rotation +-{AUGMENTATION['rotation'] * args.augment:g} deg, "
+           + ", ".join(f"{k} +-{100 * AUGMENTATION[k] * args.augment:g}%" for k in ("shift", "zoom", "contrast"))
+           if args.augment > 0 else "")
         + "; early stopping patience "
         f"{args.patience}; precision {precision}; seed {args.seed}.",
         f"- Epochs run: {len(epochs)}; best epoch {int(best['epoch']) + 1 if best else '?'}; "

@@ -11,6 +11,30 @@ about a millisecond.
 import keras
 from keras import layers
 
+#: Augmentation ranges at ``python -m train --augment 1``: rotation in degrees; shift, zoom and
+#: contrast as fractions (of the side, of the scale, of the contrast).  Horizontal flips always.
+AUGMENTATION = {"rotation": 15, "shift": 0.10, "zoom": 0.15, "contrast": 0.30}
+
+
+def build_augmentation(strength=1.0):
+    """The training augmentation: flips, and the ``AUGMENTATION`` ranges times ``strength``.
+
+    Args:
+        strength: scale of the ranges; 0 keeps only the horizontal flips.
+
+    Returns:
+        A ``keras.Sequential`` taking ``(B, 48, 48, 1)`` float32 in [0, 1]
+        and, with ``training=True``, returning randomly transformed images of
+        the same shape (edges filled by reflection).
+    """
+    a = {k: strength * v for k, v in AUGMENTATION.items()}
+    return keras.Sequential([layers.RandomFlip("horizontal")] + ([
+        layers.RandomRotation(a["rotation"] / 360, fill_mode="reflect"),
+        layers.RandomTranslation(a["shift"], a["shift"], fill_mode="reflect"),
+        layers.RandomZoom(a["zoom"], fill_mode="reflect"),
+        layers.RandomContrast(a["contrast"], value_range=(0.0, 1.0)),
+    ] if strength > 0 else []), name="augment")
+
 
 def build_model(num_classes=7, width=32, dropout=0.4, input_size=48):
     """Build the classifier.
