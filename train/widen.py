@@ -1,7 +1,7 @@
 """Widen a trained model without changing what it computes (Net2WiderNet).
 
-    python -m train.widen --weights model_weights.h5 --width 48 --out wide.weights.h5
-    python -m train --data fer2013.csv.gz --width 48 --init-weights wide.weights.h5 ...
+    python -m train.widen --weights model_weights.h5 --width 64 --out wide.weights.h5
+    python -m train --data fer2013.csv.gz --width 64 --init-weights wide.weights.h5 ...
 
 Chen, Goodfellow & Shlens 2016, "Net2Net: Accelerating Learning via
 Knowledge Transfer", section 3.1.  Each convolution of ``train.model`` gets
