@@ -6,43 +6,10 @@ import time
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from camera import BOUNDARY, Camera, resolve_source
-from classifier import Classifier
+from builders import build_camera, build_pipeline
+from camera import BOUNDARY
 from config import Config
 from images import ImageError, decode_image
-from pipeline import FaceDetector, FramePipeline
-
-
-def build_pipeline(config, classifier=None, for_images=False):
-    """Load the model (unless given) and assemble the configured ``FramePipeline``.
-
-    ``for_images`` uses the settings for uploaded photos (``image_*``) instead
-    of those for video frames.
-
-    Raises:
-        classifier.ModelLoadError: the model files cannot be loaded.
-    """
-    classifier = classifier or Classifier.from_files(config.model_path, config.weights_path,
-                                                     backend=config.backend)
-    detector = FaceDetector(config.image_scale_factor if for_images else config.scale_factor,
-                            config.min_neighbors,
-                            config.image_min_face_px if for_images else config.min_face_px,
-                            config.image_detect_width if for_images else config.detect_width)
-    return FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
-                         config.smoothing)
-
-
-def build_camera(config):
-    """``build_pipeline``, then open the configured source as a ``Camera``.
-
-    Raises:
-        classifier.ModelLoadError: the model files cannot be loaded.
-        camera.SourceError: a file source is missing or undecodable.
-    """
-    pipeline = build_pipeline(config)
-    source, notice = resolve_source(config.source, config.demo_clip)
-    return Camera(source, pipeline, loop=config.loop, idle_timeout_s=config.idle_timeout_s,
-                  jpeg_quality=config.jpeg_quality, notice=notice)
 
 
 def faces_payload(faces, width, height, model):

@@ -97,7 +97,7 @@ def main(argv=None):
 def analyse(args):
     """Offline mode: analyse --source into --output and/or --csv; returns the exit code."""
     from analyse import analyse_video, summary_text
-    from app import build_pipeline
+    from builders import build_pipeline
     from camera import SourceError
     from classifier import ModelLoadError
 

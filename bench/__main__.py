@@ -23,10 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from config import BACKENDS, Config  # noqa: E402
+from config import BACKENDS, Config
 
 STAGES = ("decode", "detect", "classify", "draw", "encode")
 
@@ -70,7 +67,7 @@ def summarise(name, records, pass_frames, wall_s, cpu_s):
 
 def run_fast(source, config, seconds, pass_frames):
     """The server's own Camera + FramePipeline, unpaced."""
-    from app import build_pipeline
+    from builders import build_pipeline
     from camera import Camera
 
     pipeline = build_pipeline(config)

@@ -8,15 +8,11 @@ size.
 """
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from config import Config  # noqa: E402
+from config import Config
 
 
 def time_predict(classifier, batch, seconds):

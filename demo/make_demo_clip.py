@@ -11,16 +11,14 @@ clip is MPEG-4 Part 2 (``mp4v``), which every OpenCV build writes and reads.
 """
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from classifier import FER2013_LABELS  # noqa: E402
-from pipeline import FaceDetector  # noqa: E402
-from train.data import load_fer2013_csv  # noqa: E402
+from classifier import FER2013_LABELS
+from pipeline import FaceDetector
+from train.data import load_fer2013_csv
 
 
 def detectable(face, detector, sides=(110, 150, 190)):

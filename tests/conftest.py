@@ -1,6 +1,5 @@
 """Shared fixtures: the bundled clip and faces, a tiny untrained model, the real server."""
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -10,7 +9,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

@@ -12,16 +12,11 @@ the faces found and over all faces (a missed face counts as wrong).
 """
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from train.data import load_fer2013_csv  # noqa: E402
+from train.data import load_fer2013_csv
 
 
 def main(argv=None):

@@ -12,15 +12,11 @@ last line is one JSON object with ``accuracy``, ``macro_f1``, ``n``,
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from config import BACKENDS, Config  # noqa: E402
-from train.data import SPLITS, DataError, load_fer2013_csv  # noqa: E402
+from config import BACKENDS, Config
+from train.data import SPLITS, DataError, load_fer2013_csv
 
 
 def metrics(y_true, y_pred, labels):
