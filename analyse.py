@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cv2
 
-from camera import SourceError, check_video_file
+from sources import SourceError, check_video_file
 
 #: The CSV columns: seconds and pixels, then one probability column per class.
 CSV_COLUMNS = ("frame", "time_s", "face_id", "x", "y", "w", "h", "label", "confidence")
@@ -47,7 +47,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
         observations}``).
 
     Raises:
-        camera.SourceError: the input is missing or cannot be decoded.
+        sources.SourceError: the input is missing or cannot be decoded.
         OSError: an output cannot be written.
     """
     from tqdm import tqdm

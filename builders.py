@@ -3,7 +3,8 @@
 Shared by the server (``app.py``), offline analysis (``analyse.py`` through
 ``main.py``) and the benchmarks; nothing here imports Flask.
 """
-from camera import Camera, resolve_source
+from camera import Camera
+from sources import resolve_source
 from classifier import Classifier
 from pipeline import FaceDetector, FramePipeline
 
@@ -32,7 +33,7 @@ def build_camera(config):
 
     Raises:
         classifier.ModelLoadError: the model files cannot be loaded.
-        camera.SourceError: a file source is missing or undecodable.
+        sources.SourceError: a file source is missing or undecodable.
     """
     pipeline = build_pipeline(config)
     source, notice = resolve_source(config.source, config.demo_clip)

@@ -1,7 +1,7 @@
-"""The capture thread shared by every viewer.
+"""The capture thread shared by every viewer: ``Camera``, its ``Viewer``s and ``Frame``s.
 
-One ``Camera`` owns the video source.  While at least one client is
-watching, a single background thread reads frames, runs the
+One ``Camera`` owns a ``sources.VideoSource``.  While at least one client
+is watching, a single background thread reads its frames, runs the
 ``FramePipeline`` on each, JPEG-encodes the result once and publishes it,
 and every client sends the same bytes.  A client with a thread of its own
 iterates ``Camera.frames()``; the event-loop server (``server.py``) holds a
@@ -14,19 +14,14 @@ import dataclasses
 import logging
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from mjpeg import mjpeg_part
+from sources import ENDED, LOST, OPENED, REWOUND, Reconnecting, SourceError, VideoSource
+
 log = logging.getLogger(__name__)
-
-#: The MJPEG boundary used in ``multipart/x-mixed-replace; boundary=frame``.
-BOUNDARY = "frame"
-
-
-class SourceError(RuntimeError):
-    """A video source does not exist or cannot be decoded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +34,6 @@ class Frame:
         part: ``jpeg`` wrapped as one ``multipart/x-mixed-replace`` part.
         faces: the ``pipeline.Face`` list of this frame.
         width, height: frame size in pixels.
-        timestamp: ``time.time()`` when it was published, seconds.
         timings: ms per stage for this frame: ``decode``, the pipeline's
             stages (``detect``, ``classify``, ``draw``), ``encode``, and
             ``total`` from the start of decoding to publication.
@@ -51,95 +45,7 @@ class Frame:
     faces: list
     width: int
     height: int
-    timestamp: float
     timings: dict
-
-
-def mjpeg_part(jpeg):
-    """Wrap JPEG bytes as one part of an MJPEG ``multipart/x-mixed-replace`` stream."""
-    head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-            f"Content-Length: {len(jpeg)}\r\n\r\n").encode("ascii")
-    return head + jpeg + b"\r\n"
-
-
-def parse_source(source):
-    """``"0"`` -> webcam index ``0``; any other string stays a path or URL."""
-    text = str(source).strip()
-    return int(text) if text.isdigit() else text
-
-
-def is_url(source):
-    return isinstance(source, str) and "://" in source
-
-
-#: Open and read timeouts for stream URLs, so a dead camera cannot block the thread.
-URL_TIMEOUT_MS = 5000
-
-
-def open_video(source):
-    """``cv2.VideoCapture`` of a webcam index, file or URL (URLs with 5 s open/read timeouts)."""
-    if is_url(source):
-        return cv2.VideoCapture(source, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS,
-                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS])
-    return cv2.VideoCapture(source)
-
-
-def check_video_file(path, open_capture=cv2.VideoCapture):
-    """Make sure ``path`` is a video OpenCV can decode a first frame from.
-
-    Raises:
-        SourceError: naming the file, if it is missing or undecodable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SourceError(f"video file {path} does not exist")
-    cap = open_capture(str(path))
-    try:
-        ok = cap.isOpened() and cap.read()[0]
-    finally:
-        cap.release()
-    if not ok:
-        raise SourceError(f"video file {path} cannot be decoded by OpenCV")
-
-
-def resolve_source(source, demo_clip, open_capture=cv2.VideoCapture):
-    """Decide what to stream, falling back to the demo clip without a webcam.
-
-    Args:
-        source: webcam index, path, URL or ``"demo"`` (see ``config.Config``).
-        demo_clip: path of the bundled clip.
-        open_capture: ``cv2.VideoCapture`` or a stand-in with its interface.
-
-    Returns:
-        ``(source, notice)``: an int webcam index or a path/URL string, and a
-        sentence for the page when the request could not be honoured
-        (``None`` otherwise).
-
-    Raises:
-        SourceError: a file source that is missing or cannot be decoded.
-    """
-    source = parse_source(source)
-    if source == "demo":
-        check_video_file(demo_clip, open_capture)
-        return str(demo_clip), None
-    if isinstance(source, int):
-        previous = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # we say it once below
-        try:
-            cap = open_capture(source)
-            ok = cap.isOpened()
-            cap.release()
-        finally:
-            cv2.utils.logging.setLogLevel(previous)
-        if ok:
-            return source, None
-        notice = f"No webcam could be opened at index {source}; streaming the demo clip instead."
-        log.warning(notice)
-        check_video_file(demo_clip, open_capture)
-        return str(demo_clip), notice
-    if not is_url(source):
-        check_video_file(source, open_capture)
-    return source, None
 
 
 class _Wakeup:
@@ -187,7 +93,7 @@ class Viewer:
 
     def run_over(self):
         """True when the capture run this viewer joined has ended or the camera was closed."""
-        return self._camera._ended_run == self._run or self._camera._closed.is_set()
+        return self._camera.newest(self._run)[1]
 
     def poll(self, repeat=False):
         """The newest frame, if this viewer has not had it yet; never blocks.
@@ -201,10 +107,8 @@ class Viewer:
             stream is over for this viewer: the camera was closed, or its
             run ended and every frame of that run was handed out.
         """
-        camera = self._camera
-        frame = camera._frame
-        if camera._closed.is_set() or (
-                camera._ended_run == self._run and (frame is None or frame.seq <= self._last)):
+        frame, over = self._camera.newest(self._run)
+        if over and (frame is None or frame.seq <= self._last or self._camera.closed):
             return None, True
         if frame is None or (frame.seq <= self._last and not repeat):
             return None, False
@@ -230,11 +134,10 @@ class Camera:
         idle_timeout_s: seconds without clients before the thread stops.
         jpeg_quality: 0-100.
         notice: a sentence shown on the page (e.g. the webcam fallback).
-        open_capture: ``open_video`` (the default) or a stand-in with the
-            ``cv2.VideoCapture`` interface (tests count and fail calls).
-        pace: play a video file at its own frame rate (``CAP_PROP_FPS``);
-            False processes it as fast as the CPU allows (benchmarks).
-            Webcams and streams deliver at their own rate either way.
+        open_capture: ``sources.open_video`` (the default) or a stand-in
+            with the ``cv2.VideoCapture`` interface (tests count and fail calls).
+        pace: play a video file at its own frame rate; False processes it
+            as fast as the CPU allows (benchmarks).  See ``sources.VideoSource``.
         on_frame: called in the capture thread with each published ``Frame``.
         max_backoff_s: longest wait between two attempts to reopen a lost
             webcam or stream; the wait starts at 0.25 s and doubles.
@@ -243,22 +146,18 @@ class Camera:
     that stops delivering is reopened with backoff while clients watch.
     """
 
-    MAX_FAILED_READS = 5  # failed reads in a row before a live source counts as lost
     MAX_FAILED_FRAMES = 25  # frames in a row the pipeline fails on before the run stops
 
     def __init__(self, source, pipeline, *, loop=True, idle_timeout_s=5.0, jpeg_quality=80,
                  notice=None, open_capture=None, pace=True, on_frame=None, max_backoff_s=2.0):
+        self.video = VideoSource(source, loop=loop, pace=pace, open_capture=open_capture,
+                                 max_backoff_s=max_backoff_s)
         self.source = source
         self.pipeline = pipeline
-        self.loop = loop
         self.idle_timeout_s = idle_timeout_s
         self.jpeg_quality = jpeg_quality
         self.notice = notice
-        self.open_capture = open_capture or open_video
-        self.pace = pace
         self.on_frame = on_frame
-        self.max_backoff_s = max_backoff_s
-        self.is_file = not isinstance(source, int) and not is_url(source)
         self._cond = threading.Condition()
         self._wakeup = _Wakeup()  # fired, and replaced, at each frame and at the end of a run
         self._listeners = []  # called along with each wakeup
@@ -281,6 +180,27 @@ class Camera:
         self.frames_processed = 0
         self._last_frame_at = None  # time.monotonic() of the last real frame or of the start
 
+    @property
+    def name(self):
+        """A human-readable name of the source (``sources.source_name``)."""
+        return self.video.name
+
+    @property
+    def clients(self):
+        """Viewers connected now (``connect`` minus ``Viewer.close``)."""
+        return self._clients
+
+    @property
+    def running(self):
+        """True while the capture thread runs."""
+        with self._cond:
+            return self._thread is not None
+
+    @property
+    def closed(self):
+        """True once ``close`` was called."""
+        return self._closed.is_set()
+
     def seconds_since_frame(self):
         """Seconds since the last frame from the source (or since the thread started); None when idle."""
         with self._cond:
@@ -288,25 +208,13 @@ class Camera:
                 return None
             return time.monotonic() - self._last_frame_at
 
-    @property
-    def name(self):
-        """A human-readable name of the source."""
-        if isinstance(self.source, int):
-            return f"webcam {self.source}"
-        return self.source if is_url(self.source) else Path(self.source).name
-
-    @property
-    def clients(self):
-        return self._clients
-
-    @property
-    def running(self):
-        with self._cond:
-            return self._thread is not None
-
     def latest(self):
         """The most recent ``Frame``, or None before the first one."""
         return self._frame
+
+    def newest(self, run):
+        """``(latest frame or None, over)``; ``over``: capture run ``run`` has ended or the camera closed."""
+        return self._frame, self._ended_run == run or self._closed.is_set()
 
     def connect(self):
         """Register a client, starting the capture thread if needed.
@@ -342,13 +250,12 @@ class Camera:
     def frames(self, keepalive_s=2.0):
         """Yield each new ``Frame`` to one client, starting the thread if needed.
 
-        A blocking generator for a client with a thread of its own (a WSGI
-        worker).  It registers a client while it is alive; closing it (a
-        disconnected HTTP client) unregisters at once.  It ends when the
-        source ends (a video file with ``loop=False``), fails for good, or the
-        camera is closed.  While a live source is reconnecting, the latest
-        frame is repeated every ``keepalive_s`` seconds, so a viewer keeps
-        its picture and a vanished client is noticed at the next write.
+        A blocking generator for a client with a thread of its own (tests,
+        benchmarks).  It registers a client while it is alive; closing it
+        unregisters at once.  It ends when the source ends (a video file
+        with ``loop=False``), fails for good, or the camera is closed.
+        While a live source is reconnecting, the latest frame is repeated
+        every ``keepalive_s`` seconds.
         """
         viewer = self.connect()
         if viewer is None:
@@ -418,22 +325,17 @@ class Camera:
         for listener in self._listeners:
             listener()
 
-    def _open(self):
-        try:
-            cap = self.open_capture(self.source)
-        except Exception as e:  # a backend error is a source that cannot be opened
-            log.warning("opening %s failed: %s", self.name, e)
-            return None
-        if not cap.isOpened():
-            cap.release()
-            return None
-        return cap
+    def _wait_unless_closed(self, seconds):
+        with self._cond:
+            self._cond.wait_for(self._closed.is_set, seconds)
 
     def _run(self, run):
         state = "error"
         with self._device:
             try:
                 state = self._stream(run)
+            except SourceError as e:
+                self.error = str(e)
             except Exception:  # keep serving: the next client starts a new thread
                 log.exception("capture thread for %s failed", self.name)
                 self.error = f"processing {self.name} failed"
@@ -442,87 +344,49 @@ class Camera:
                     self._retire_locked(run, state)
 
     def _stream(self, run):
-        """Open, capture, and reopen a lost live source with backoff; returns the final state."""
-        backoff = 0.25
-        while True:
-            if self._stop_if_idle(run):
-                return "idle"
-            cap = self._open()
-            if cap is None and self.is_file:
-                self.error = f"cannot open {self.name}"
-                return "error"
-            if cap is None:
-                self.state, self.error = "reconnecting", f"cannot open {self.name}; retrying"
+        """Process the source's frames until idle or its end; returns the final state."""
+        failures = 0
+        for item in self.video.frames(lambda: self._stop_if_idle(run), self._wait_unless_closed):
+            if isinstance(item, Reconnecting):
+                self.state, self.error = "reconnecting", item.message
                 self._publish_placeholder(f"{self.name}: reconnecting...")
-                with self._cond:
-                    self._cond.wait_for(self._closed.is_set, backoff)
-                backoff = min(2 * backoff, self.max_backoff_s)
-                continue
-            self.state, self.error, backoff = "streaming", None, 0.25
-            try:
-                outcome = self._capture_loop(cap, run)
-                if outcome != "lost":
-                    with self._cond:  # before the release: a new client starts a new thread
-                        self._retire_locked(run, outcome)
-                    return outcome
-            finally:
-                cap.release()
-            self.state = "reconnecting"
-            log.warning("%s stopped delivering frames; reconnecting", self.name)
-
-    def _capture_loop(self, cap, run):
-        """Read and process frames; returns ``idle``, ``ended`` (a file's end) or ``lost``."""
-        fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file and self.pace else 0.0
-        interval = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 25 if self.is_file and self.pace else 0.0)
-        due = time.monotonic()
-        empty_reads = failures = 0
-        self._reset_pipeline()
-        while True:
-            if self._stop_if_idle(run):
-                return "idle"
-            started = time.perf_counter()
-            ok, frame = cap.read()
-            decoded = time.perf_counter()
-            if not ok or frame is None:
-                empty_reads += 1
-                if not self.is_file:
-                    if empty_reads >= self.MAX_FAILED_READS:
-                        return "lost"
-                    time.sleep(0.05)
-                    continue
-                if self.loop and empty_reads < 2:
-                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                    self._reset_pipeline()
-                    continue
+            elif item is OPENED:
+                self.state, self.error = "streaming", None
+                self._reset_pipeline()
+            elif item is LOST:
+                self.state = "reconnecting"
+            elif item is REWOUND:
+                self._reset_pipeline()
+            elif item is ENDED:
+                with self._cond:  # before the release: a new client starts a new thread
+                    self._retire_locked(run, "ended")
                 return "ended"
-            empty_reads = 0
-            try:
-                annotated, faces = self.pipeline.process(frame)
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("processing a frame of %s failed (%d in a row)", self.name, failures)
-                if failures >= self.MAX_FAILED_FRAMES:
-                    raise
-                continue
-            processed = time.perf_counter()
-            ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-            if ok:
-                jpeg = jpeg.tobytes()
-                done = time.perf_counter()
-                timings = {"decode": (decoded - started) * 1e3,
-                           **getattr(self.pipeline, "timings", {}),
-                           "encode": (done - processed) * 1e3, "total": (done - started) * 1e3}
-                self.frames_processed += 1
-                self._last_frame_at = time.monotonic()
-                self._publish(jpeg, faces, frame.shape[1], frame.shape[0], timings)
-            if interval:
-                due += interval
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                elif delay < -interval:
-                    due = time.monotonic()  # fell behind: do not try to catch up
+            else:
+                failures = self._process(item, failures)
+        return "idle"
+
+    def _process(self, frame, failures):
+        """Run the pipeline on one frame and publish it; returns the failures in a row."""
+        started = time.perf_counter()
+        try:
+            annotated, faces = self.pipeline.process(frame)
+        except Exception:
+            failures += 1
+            log.exception("processing a frame of %s failed (%d in a row)", self.name, failures)
+            if failures >= self.MAX_FAILED_FRAMES:
+                raise
+            return failures
+        processed = time.perf_counter()
+        ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if ok:
+            done = time.perf_counter()
+            decode_ms = self.video.decode_ms
+            timings = {"decode": decode_ms, **getattr(self.pipeline, "timings", {}),
+                       "encode": (done - processed) * 1e3, "total": decode_ms + (done - started) * 1e3}
+            self.frames_processed += 1
+            self._last_frame_at = time.monotonic()
+            self._publish(jpeg.tobytes(), faces, frame.shape[1], frame.shape[0], timings)
+        return 0
 
     def _publish_placeholder(self, text):
         """Publish a grey frame saying ``text``, the size of the last real frame."""
@@ -540,10 +404,9 @@ class Camera:
             reset()
 
     def _publish(self, jpeg, faces, width, height, timings):
-        frame = Frame(0, jpeg, mjpeg_part(jpeg), faces, width, height, time.time(), timings)
         with self._cond:
             self._seq += 1
-            self._frame = frame = dataclasses.replace(frame, seq=self._seq)
+            self._frame = frame = Frame(self._seq, jpeg, mjpeg_part(jpeg), faces, width, height, timings)
             self._wake_clients_locked()
         if self.on_frame:
             self.on_frame(frame)

@@ -1,4 +1,17 @@
-"""Every setting of the server in one place, with its default."""
+"""Every setting of the server in one place, with its default, its flag and its environment variable.
+
+``Config`` holds the settings; ``add_config_arguments`` turns each field
+into a command-line flag (``jpeg_quality`` -> ``--jpeg-quality``, with the
+field's description from the docstring as help), whose default comes from
+the environment variable ``FER_SERVER_<FIELD>`` (``FER_SERVER_JPEG_QUALITY``)
+when it is set; ``config_from_args`` reads the parsed flags back into a
+``Config``.  ``main.py`` and the benchmarks share them.
+"""
+import argparse
+import dataclasses
+import os
+import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,21 +25,28 @@ class Config:
     """Server configuration; ``main.py`` fills it from the command line.
 
     Attributes:
+        host: address the server listens on.
+        port: TCP port the server listens on.
         source: webcam index (``"0"``), video file path, stream URL that
             OpenCV opens (``rtsp://``, ``http://``), or ``"demo"`` for the
             bundled clip.
-        model_path, weights_path: ``model.json`` and ``model_weights.h5``.
+        model_path: the model's Keras JSON architecture, ``model.json``.
+        weights_path: the model's weights in the classic Keras HDF5 layout,
+            ``model_weights.h5``.
         demo_clip: the clip streamed for ``demo`` and when the webcam cannot
             be opened.
         loop: replay a video file from the start when it ends.
         idle_timeout_s: seconds after the last client leaves before the
             capture thread stops and releases the device.
         jpeg_quality: 0-100, for the MJPEG frames.
-        scale_factor, min_neighbors, min_face_px: Haar cascade
-            ``detectMultiScale`` settings (``min_face_px`` is the smallest
-            face side in pixels of the full frame).
+        scale_factor: Haar cascade ``detectMultiScale`` scale step between
+            two search sizes (1.15: 15% larger each time).
+        min_neighbors: Haar cascade ``detectMultiScale`` overlapping
+            detections needed to keep a face.
+        min_face_px: the smallest face side searched for, in pixels of the
+            full frame.
         detect_width: frames wider than this many pixels are downscaled to
-            it for face detection (``None``: full resolution).
+            it for face detection (0: full resolution).
         detect_every: full-frame face detection every this many frames;
             faces are tracked in between.
         smoothing: weight of the past in each tracked face's exponential
@@ -49,15 +69,15 @@ class Config:
             meant to stream but no frame came for this many seconds.
         crop_margin: fraction of the Haar box side added on each side before
             cropping the face for the classifier.
-        backend: the classifier's inference path: ``"tflite-int8"`` (the
-            default; int8 weights, PublicTest accuracy 0.1 point below
-            float32; per face at batch size 1, 0.35 against 1.25 ms on a
-            2-core AMD EPYC with AVX-512 VNNI, about 4x faster on the 2-core
-            Xeon, 4.75 against 6.03 ms on an AVX2-only EPYC), ``"tflite"``
-            (float32, the Keras model's outputs to within 1e-6) or
-            ``"tf.function"``; see ``classifier.Classifier``.
+        backend: the classifier's inference path: ``"tflite-int8"`` (int8
+            weights, several times faster than float32 on CPUs with VNNI;
+            README "Benchmarks"), ``"tflite"`` (float32, the Keras model's
+            outputs to within 1e-6) or ``"tf.function"``; see
+            ``classifier.Classifier``.
     """
 
+    host: str = "127.0.0.1"
+    port: int = 5000
     source: str = "0"
     model_path: Path = ROOT / "model.json"
     weights_path: Path = ROOT / "model_weights.h5"
@@ -82,3 +102,98 @@ class Config:
     request_timeout_s: float = 30.0
     health_max_frame_age_s: float = 10.0
     backend: str = "tflite-int8"
+
+
+#: Prefix of the environment variables that set ``Config`` fields.
+ENV_PREFIX = "FER_SERVER_"
+#: Flags whose name is not the field's.
+FLAG_NAMES = {"model_path": "--model", "weights_path": "--weights"}
+#: Allowed values of some fields.
+CHOICES = {"backend": BACKENDS}
+
+
+def field_help():
+    """``{field name: description}`` from ``Config``'s docstring (its Attributes section).
+
+    An entry ``a, b: text`` describes both fields; continuation lines are
+    joined.  ``%`` is escaped for argparse.
+    """
+    doc = Config.__doc__.split("Attributes:", 1)[1]
+    helps, names = {}, []
+    for line in doc.splitlines():
+        entry = re.match(r"^ {8}([a-z_][a-z0-9_, ]*):\s*(.*)$", line)
+        if entry:
+            names = [n.strip() for n in entry.group(1).split(",")]
+            for name in names:
+                helps[name] = entry.group(2)
+        elif line.strip() and names:
+            for name in names:
+                helps[name] += " " + line.strip()
+    return {name: text.replace("``", "").replace("%", "%%") for name, text in helps.items()}
+
+
+def _parse_bool(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _field_type(field):
+    """The callable that turns a flag's text into the field's value."""
+    hints = typing.get_type_hints(Config)
+    kind = hints[field.name]
+    origin = typing.get_args(kind)
+    if origin:  # Optional[X] and the like: the first non-None type
+        kind = next(t for t in origin if t is not type(None))
+    return {bool: _parse_bool, Path: Path}.get(kind, kind)
+
+
+def add_config_arguments(parser, fields=None, environ=None, exclude=()):
+    """Add one flag per ``Config`` field to an ``argparse`` parser.
+
+    Args:
+        parser: an ``argparse.ArgumentParser`` (or argument group).
+        fields: names of the fields to add (default: all of them).
+        exclude: names of fields not to add (the caller has its own flag).
+        environ: the environment to read ``FER_SERVER_*`` defaults from
+            (default: ``os.environ``).
+
+    Booleans get ``--name`` / ``--no-name``.  A flag's default is the
+    environment variable's value when it is set, else the field's default.
+
+    Raises:
+        ValueError: an environment variable whose value does not parse,
+            naming it.
+    """
+    environ = os.environ if environ is None else environ
+    helps = field_help()
+    for field in dataclasses.fields(Config):
+        if (fields is not None and field.name not in fields) or field.name in exclude:
+            continue
+        convert = _field_type(field)
+        default = field.default
+        env_name = ENV_PREFIX + field.name.upper()
+        if env_name in environ:
+            try:
+                default = convert(environ[env_name])
+            except ValueError as e:
+                raise ValueError(f"environment variable {env_name}: {e}") from None
+        flag = FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
+        text = f"{helps.get(field.name, '')} (default: %(default)s; env {env_name})"
+        if convert is _parse_bool:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=text)
+        else:
+            parser.add_argument(flag, dest=field.name, type=convert, default=default,
+                                choices=CHOICES.get(field.name), help=text,
+                                metavar=None if field.name in CHOICES else field.name.upper())
+
+
+def config_from_args(args, **overrides):
+    """The ``Config`` of parsed flags from ``add_config_arguments``; fields not on ``args`` keep their defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    values.update(overrides)
+    return Config(**values)

@@ -1,39 +1,43 @@
-"""Serve live facial expression recognition over HTTP.
+"""Serve live facial expression recognition over HTTP, or analyse a video file offline.
 
     python main.py                      # webcam 0, or the demo clip without one
     python main.py --source video.mp4   # a video file, looped
     python main.py --source demo        # the bundled demo clip
     python main.py --source in.mp4 --output annotated.mp4 --csv faces.csv   # offline, no server
 
-Then open http://127.0.0.1:5000.
+Then open http://127.0.0.1:5000.  Every setting of ``config.Config`` is a
+flag (``python main.py --help``) and an environment variable
+(``FER_SERVER_<SETTING>``).  ``pip install .`` installs the same command as
+``fer-server``.
 """
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
+import re
+import socket
 import sys
-from pathlib import Path
+import tempfile
+import time
 
-from config import BACKENDS, Config
+from config import add_config_arguments, config_from_args
 
 
 def parse_args(argv=None):
-    defaults = Config()
-    p = argparse.ArgumentParser(description="Live facial expression recognition server (MJPEG over HTTP).")
-    p.add_argument("--source", default=defaults.source,
-                   help="webcam index (0), video file, stream URL (rtsp://, http://) or 'demo' "
-                        "(default: %(default)s; without a webcam the demo clip is streamed)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=5000, help="(default: %(default)s)")
-    p.add_argument("--model", default=str(defaults.model_path), help="Keras JSON architecture")
-    p.add_argument("--weights", default=str(defaults.weights_path), help="classic Keras HDF5 weights")
-    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                   help="classifier inference path (default: %(default)s)")
-    p.add_argument("--no-loop", action="store_true", help="end the stream at the end of a video file")
-    p.add_argument("--max-clients", type=int, default=defaults.max_clients,
-                   help="concurrent stream viewers; more get 503 (default: %(default)s)")
+    """The command line: every ``Config`` field, plus ``--debug``, ``--output`` and ``--csv``.
+
+    Raises:
+        SystemExit: ``--help``, or a flag or ``FER_SERVER_*`` variable that does not parse (code 2).
+    """
+    p = argparse.ArgumentParser(prog="fer-server",
+                                description="Live facial expression recognition server (MJPEG over HTTP).")
+    try:
+        add_config_arguments(p)
+    except ValueError as e:
+        p.error(str(e))
     p.add_argument("--debug", action="store_true",
-                   help="serve with Flask's development server (reloader off) instead of uvicorn")
+                   help="log every request and Flask's tracebacks (the same server, more output)")
     p.add_argument("--output", help="analyse the --source video offline (no server) and write it "
                                     "annotated to this file (.mp4 or .avi)")
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
@@ -41,21 +45,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def config_from_args(args):
-    return Config(source=args.source, model_path=Path(args.model), weights_path=Path(args.weights),
-                  loop=not args.no_loop, max_clients=args.max_clients, backend=args.backend)
-
-
 def limit_malloc_arenas(arenas=2):
     """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX)``, like ``MALLOC_ARENA_MAX=2``).
 
     glibc gives threads their own arenas, up to 8 per core, and freed
-    buffers scattered over them keep resident memory creeping up.  Measured
-    when every viewer had a worker thread (waitress, before ``server.py``),
-    with ``python -m bench.load --clients 20 --rps 2 --seconds 180 --churn
-    15``: 776 -> 1008 MB and still rising by default, flat at 871 MB from
-    the 40th second with 2 arenas.  Kept for the threads that run Flask
-    and TensorFlow.  Does nothing off glibc.
+    buffers scattered over them keep resident memory creeping up under many
+    threads (README "Benchmarks": the memory soak).  Does nothing off glibc.
     """
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
@@ -63,55 +58,161 @@ def limit_malloc_arenas(arenas=2):
         pass
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    limit_malloc_arenas()  # before TensorFlow and the server start their threads
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    if args.output or args.csv:
-        return analyse(args)
-    from app import create_app  # deferred: --help should not wait for TensorFlow
-    from camera import SourceError
-    from classifier import ModelLoadError
-    from server import serve
+#: Start-up lines of TensorFlow and TFLite that say nothing is wrong (see ``quiet_tensorflow``).
+TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |E\d{4} .*(cuda|cuInit)"
+                      r"|INFO: Created TensorFlow Lite XNNPACK delegate|.*INFO Assets written to: )")
 
-    config = config_from_args(args)
+
+@contextlib.contextmanager
+def quiet_tensorflow():
+    """Keep TensorFlow's start-up chatter off the console while the model loads.
+
+    TensorFlow's C++ code logs through Abseil before Abseil is initialised,
+    and those lines go straight to file descriptor 2 whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says: oneDNN and CUDA-stub INFO lines, and on a
+    machine without an NVIDIA driver a ``failed call to cuInit`` ERROR that
+    looks like a fault.  Inside this block, descriptor 2 goes to a temporary
+    file; at its end every line but those (``TF_NOISE``) is written to the
+    real stderr, so a genuine error still shows.  Without an NVIDIA driver,
+    ``CUDA_VISIBLE_DEVICES=-1`` stops TensorFlow from calling ``cuInit`` at
+    all.  Variables the user set are kept.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not os.path.exists("/proc/driver/nvidia"):
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines():
+                if line.strip() and not TF_NOISE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def preflight(config, offline=False):
+    """The cheap start-up checks, before TensorFlow loads (which takes seconds).
+
+    Checks that a file source exists, that the model files exist and, for
+    the server, that ``host:port`` can be bound.
+
+    Returns:
+        The bound listening socket for the server (None offline), so no
+        other process can take the port before the server starts.
+
+    Raises:
+        sources.SourceError: a missing video file, or (offline) a source that is not a file.
+        classifier.ModelLoadError: a missing model file.
+        OSError: the port cannot be bound (in use, or not allowed), with a sentence saying so.
+    """
+    from classifier import ModelLoadError
+    from sources import SourceError, check_file_exists, is_url, parse_source
+
+    source = parse_source(config.source)
+    if offline:
+        if isinstance(source, int) or is_url(source) or source == "demo":
+            raise SourceError("--output and --csv analyse a video file; give its path with --source")
+        check_file_exists(source)
+    elif source == "demo":
+        check_file_exists(config.demo_clip)
+    elif isinstance(source, str) and not is_url(source):
+        check_file_exists(source)
+    for path, what in ((config.model_path, "architecture"), (config.weights_path, "weights")):
+        if path is not None and not os.path.isfile(path):
+            raise ModelLoadError(f"Cannot read the model {what} {path}: no such file.")
+    if offline:
+        return None
+    return bind(config.host, config.port)
+
+
+def bind(host, port):
+    """A listening TCP socket on ``host:port`` (IPv6 when ``host`` has a colon).
+
+    Raises:
+        OSError: with a sentence naming the address when it cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        app = create_app(config)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def main(argv=None):
+    """Run the command line; returns the exit code (2 for bad input, with one ``error:`` line)."""
+    started = time.monotonic()
+    args = parse_args(argv)
+    config = config_from_args(args)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    offline = bool(args.output or args.csv)
+    try:
+        listener = preflight(config, offline)
+    except (OSError, RuntimeError) as e:  # SourceError and ModelLoadError are RuntimeErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    limit_malloc_arenas()  # before TensorFlow and the server start their threads
+    if offline:
+        return analyse(args, config)
+    try:
+        return serve(config, listener, args.debug, started)
+    finally:
+        listener.close()
+
+
+def serve(config, listener, debug, started):
+    """Load the model, open the source and serve on ``listener`` until Ctrl-C; returns the exit code."""
+    from app import create_app
+    from builders import build_camera
+    from classifier import ModelLoadError
+    from server import serve as run_server
+    from sources import SourceError
+
+    try:
+        with quiet_tensorflow():
+            camera = build_camera(config)
     except (ModelLoadError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    camera = app.extensions["camera"]
-    logging.info("serving %s on http://%s:%d", camera.name, args.host, args.port)
+    app = create_app(config, camera)
+    app.debug = debug  # Flask's tracebacks in the log
+    logging.info("serving %s on http://%s:%d (ready %.1f s after start)", camera.name, config.host,
+                 config.port, time.monotonic() - started)
     try:
-        if args.debug:
-            app.run(host=args.host, port=args.port, threaded=True, debug=True, use_reloader=False)
-        else:
-            serve(app, config, args.host, args.port)
+        run_server(app, camera, config, listener, log_level="debug" if debug else "info")
     finally:
         camera.close()  # release the webcam or file
     return 0
 
 
-def analyse(args):
+def analyse(args, config):
     """Offline mode: analyse --source into --output and/or --csv; returns the exit code."""
     from analyse import analyse_video, summary_text
     from builders import build_pipeline
-    from camera import SourceError
     from classifier import ModelLoadError
+    from sources import SourceError
 
-    if args.source.strip().isdigit() or "://" in args.source:
-        print("error: --output and --csv analyse a video file; give its path with --source",
-              file=sys.stderr)
-        return 2
     try:
-        pipeline = build_pipeline(config_from_args(args))
-        summary = analyse_video(args.source, pipeline, args.output, args.csv)
+        with quiet_tensorflow():
+            pipeline = build_pipeline(config)
+        summary = analyse_video(config.source, pipeline, args.output, args.csv)
     except (ModelLoadError, SourceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary_text(summary, args.source))
+    print(summary_text(summary, config.source))
     for path in (args.output, args.csv):
         if path:
             print(f"wrote {path}")

@@ -3,29 +3,31 @@
 ``create_asgi_app`` puts an ASGI front on the Flask app of
 ``app.create_app``.  The two long-lived streams, ``GET /video_feed``
 (MJPEG, ``multipart/x-mixed-replace``) and ``GET /api/events``
-(server-sent events), are answered by coroutines on uvicorn's event loop;
-every other request goes to Flask, which runs in a pool of threads
-(a2wsgi's ``WSGIMiddleware``).
+(server-sent events), are answered by coroutines on uvicorn's event loop
+(``LiveStreams``); every other request goes to Flask, which runs in a pool
+of threads (a2wsgi's ``WSGIMiddleware``).
 
-Why not a thread per viewer, as Flask's own ``/video_feed`` route works
-under any WSGI server?  Each published frame then wakes every viewer's
-thread, and the threads queue for the GIL: under waitress 50 viewers of
-a 24 fps video cost 106 us of CPU per viewer per frame (1.47x the CPU of
-one viewer, on an AVX-512 EPYC).  Here the camera's capture thread
-resolves one future on the loop per frame (``Camera.add_listener`` with
-``loop.call_soon_threadsafe``), each viewer's coroutine wakes on it and
-writes the frame's bytes, encoded once (``Frame.part``).  With
-``python -m bench.clients --clients 1,10,50`` on Megamind at 24 fps, on
-the same CPU: 26 us per viewer per frame, 50 viewers 1.13x the CPU of
-one (a bare ``socket.send`` loop to 50 sockets costs 16 us per send).
+Why not a thread per viewer?  Each published frame would then wake every
+viewer's thread, and the threads queue for the GIL.  Here the camera's
+capture thread resolves one future on the loop per frame
+(``Camera.add_listener`` with ``loop.call_soon_threadsafe``), and each
+viewer's coroutine wakes on it and writes the frame's bytes, encoded once
+(``Frame.part``).  The README's Benchmarks section gives the cost per
+viewer (``python -m bench.clients``).
 """
 import asyncio
 import json
 import logging
 
-from app import EVENTS_PREAMBLE, EVENTS_TYPE, STREAM_HEADERS, VIDEO_FEED_TYPE, viewer_limit_message
+from mjpeg import EVENTS_PREAMBLE, EVENTS_TYPE, STREAM_HEADERS, VIDEO_FEED_TYPE
+from payloads import events_renderer, model_name
 
 log = logging.getLogger(__name__)
+
+
+def viewer_limit_message(max_clients):
+    """The error of a 503 for a viewer beyond ``max_clients``."""
+    return f"this server is at its limit of {max_clients} viewers; try again later"
 
 
 def _headers(content_type, extra=None):
@@ -38,10 +40,10 @@ class LiveStreams:
 
     Args:
         camera: the ``Camera`` whose frames are streamed.
-        max_clients: viewers beyond this many (of both streams, and of
-            Flask's routes) get 503 with a JSON error and ``Retry-After: 10``.
+        max_clients: viewers beyond this many (of both streams together)
+            get 503 with a JSON error and ``Retry-After: 10``.
         events_renderer: ``() -> render`` giving each ``/api/events`` client
-            its ``render(frame) -> str`` (``app.events_renderer``).
+            its ``render(frame) -> str`` (``payloads.events_renderer``).
         keepalive_s: seconds without a frame after which each viewer is sent
             the latest frame again (a live source reconnecting), so its
             picture stays and a vanished client's slot is freed.
@@ -74,6 +76,11 @@ class LiveStreams:
                            EVENTS_PREAMBLE.encode())
 
     async def _stream(self, scope, receive, send, content_type, render, preamble=b""):
+        if scope["method"] not in ("GET", "HEAD"):
+            await send({"type": "http.response.start", "status": 405,
+                        "headers": _headers("application/json", {"Allow": "GET, HEAD"})})
+            await send({"type": "http.response.body", "body": b'{"error":"method not allowed"}'})
+            return
         if scope["method"] == "HEAD":
             await send({"type": "http.response.start", "status": 200,
                         "headers": _headers(content_type, STREAM_HEADERS)})
@@ -160,36 +167,44 @@ class LiveStreams:
                 self._wake(False)
 
 
-def create_asgi_app(app, config):
-    """The ASGI application serving the Flask ``app`` (from ``app.create_app``).
+def create_asgi_app(app, camera, config, render_events=None):
+    """The ASGI application of the server.
 
     Args:
-        app: the Flask app; its camera is ``app.extensions["camera"]``.
-        config: the ``config.Config`` it was made with (``max_clients``).
+        app: the Flask app of ``app.create_app`` (every route but the streams).
+        camera: the ``camera.Camera`` whose frames are streamed.
+        config: the ``config.Config`` (``max_clients``, ``events_interval_s``).
+        render_events: ``() -> render(frame) -> str`` for ``/api/events``
+            (default: ``payloads.events_renderer`` of ``camera``).
 
     Returns:
-        An ASGI callable: ``GET`` and ``HEAD`` of ``/video_feed`` and
-        ``/api/events`` go to ``LiveStreams``, every other request to Flask
-        through a pool of ``max_clients + 8`` threads.  (Flask's own routes
-        for the two streams serve them under other WSGI servers.)
+        An ASGI callable: every request to ``/video_feed`` and
+        ``/api/events`` goes to ``LiveStreams`` (which answers 405 to
+        methods other than ``GET`` and ``HEAD``), every other request to
+        Flask through a pool of ``max_clients + 8`` threads.  Its
+        ``streams`` attribute is the ``LiveStreams``.
     """
     from a2wsgi import WSGIMiddleware
 
-    streams = LiveStreams(app.extensions["camera"], config.max_clients,
-                          app.extensions["events_renderer"])
+    render_events = render_events or events_renderer(
+        camera, model_name(getattr(camera.pipeline, "classifier", None)), config.events_interval_s)
+    streams = LiveStreams(camera, config.max_clients, render_events)
     routes = {"/video_feed": streams.video_feed, "/api/events": streams.events}
     flask = WSGIMiddleware(app, workers=config.max_clients + 8)
 
     async def asgi(scope, receive, send):
-        handler = routes.get(scope.get("path")) if scope.get("method") in ("GET", "HEAD") else None
+        handler = routes.get(scope.get("path")) if scope["type"] == "http" else None
         await (handler or flask)(scope, receive, send)
 
     asgi.streams = streams
     return asgi
 
 
-def serve(app, config, host, port):
-    """Serve ``create_asgi_app(app, config)`` with uvicorn until Ctrl-C.
+def serve(app, camera, config, listener, log_level="info"):
+    """Serve ``create_asgi_app(app, camera, config)`` with uvicorn on ``listener`` until Ctrl-C.
+
+    ``listener`` is a bound, listening socket (``main.bind``), so the port
+    is known to be free before the model loads.
 
     uvicorn takes uvloop and httptools when they are installed (they are on
     Linux and macOS, see requirements.txt).  Connections beyond
@@ -199,11 +214,12 @@ def serve(app, config, host, port):
     SIGTERM) ends the streams, waits up to 3 s for other requests, and
     returns.
     """
-    asgi = create_asgi_app(app, config)
-    server = make_server(asgi, host=host, port=port, request_timeout_s=config.request_timeout_s,
-                         lifespan="off", access_log=False, log_config=None, server_header=False,
+    asgi = create_asgi_app(app, camera, config)
+    server = make_server(asgi, request_timeout_s=config.request_timeout_s,
+                         lifespan="off", access_log=log_level == "debug", log_config=None,
+                         log_level=log_level, server_header=False,
                          limit_concurrency=config.max_clients + 32, timeout_graceful_shutdown=3)
-    server.run()
+    server.run(sockets=[listener])
 
 
 def make_server(asgi, request_timeout_s, **options):

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from config import BACKENDS, Config
+from config import add_config_arguments, config_from_args
 
 STAGES = ("decode", "detect", "classify", "draw", "encode")
 
@@ -145,6 +145,20 @@ def print_table(results):
             f"{'{mean:.2f}/{p50:.2f}/{p95:.2f}'.format(**r['stages'][stage]):>20s}" for r in results))
 
 
+def config_flags(argv):
+    """The server-setting flags of ``argv`` (everything but this script's own), for ``main.py``."""
+    own = {"--source": 1, "--seconds": 1, "--clients": 1, "--baseline": 0, "--json": 0}
+    out, i = [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in own:
+            i += 1 + (own[name] if "=" not in argv[i] else 0)
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", required=True, help="a video file")
@@ -152,9 +166,8 @@ def main(argv=None):
     p.add_argument("--baseline", action="store_true", help="also run the naive pipeline")
     p.add_argument("--clients", type=int, help="serve through main.py to N HTTP clients instead")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
-    p.add_argument("--detect-every", type=int, help="override config.detect_every")
-    p.add_argument("--detect-width", type=int, help="override config.detect_width (0: full resolution)")
-    p.add_argument("--backend", choices=BACKENDS, help="override config.backend (the classifier's path)")
+    add_config_arguments(p.add_argument_group("server settings (config.Config)"),
+                         exclude=("host", "port", "source"))
     args = p.parse_args(argv)
     source = Path(args.source)
     if not source.is_file() or count_frames(source) == 0:
@@ -163,26 +176,20 @@ def main(argv=None):
     if args.clients:
         from bench.clients import run_clients
 
-        result = run_clients(str(source), [1, args.clients], args.seconds)
+        result = run_clients(str(source), [1, args.clients], args.seconds, config_flags(argv or sys.argv[1:]))
         if args.json:
             print(json.dumps(result))
         return
 
-    overrides = {}
-    if args.detect_every:
-        overrides["detect_every"] = args.detect_every
-    if args.detect_width is not None:
-        overrides["detect_width"] = args.detect_width or None
-    if args.backend:
-        overrides["backend"] = args.backend
-    config = Config(source=str(source), **overrides)
+    config = config_from_args(args, source=str(source))
     cap = cv2.VideoCapture(str(source))
     size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
     video_fps = cap.get(cv2.CAP_PROP_FPS)
     cap.release()
     pass_frames = count_frames(source)
     print(f"{source.name}: {size}, {pass_frames} frames at {video_fps:g} fps; "
-          f"detect_every={config.detect_every}, detect_width={config.detect_width}, backend={config.backend}", flush=True)
+          f"detect_every={config.detect_every}, detect_width={config.detect_width}, backend={config.backend}",
+          flush=True)
     results = [run_fast(source, config, args.seconds, pass_frames)]
     if args.baseline:
         results.append(run_baseline(source, config, args.seconds))

@@ -95,11 +95,14 @@ def measure(server, port, clients, seconds):
             "server_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1)}
 
 
-def run_clients(source, client_counts, seconds):
-    """Serve ``source`` with main.py and measure each client count in turn; prints and returns the figures."""
+def run_clients(source, client_counts, seconds, extra=()):
+    """Serve ``source`` with main.py and measure each client count in turn; prints and returns the figures.
+
+    ``extra``: more ``main.py`` flags (server settings).
+    """
     port = free_port()
     launched = time.monotonic()
-    server = start_server(source, port)
+    server = start_server(source, port, extra)
     try:
         wait_first_frame(server, port)
         startup = time.monotonic() - launched
@@ -125,8 +128,8 @@ def main(argv=None):
     p.add_argument("--source", default="demo", help="what main.py streams (default: demo)")
     p.add_argument("--clients", default="1,5", help="comma-separated client counts")
     p.add_argument("--seconds", type=float, default=10.0)
-    args = p.parse_args(argv)
-    result = run_clients(args.source, [int(v) for v in args.clients.split(",")], args.seconds)
+    args, extra = p.parse_known_args(argv)  # the rest are main.py's flags (server settings)
+    result = run_clients(args.source, [int(v) for v in args.clients.split(",")], args.seconds, extra)
     print(json.dumps(result))
 
 

@@ -1,7 +1,7 @@
 """Build the demo clip (and the test fixtures) from FER2013 PublicTest faces.
 
-    python demo/make_demo_clip.py --data path/to/fer2013.csv.gz
-    python demo/make_demo_clip.py --data path/to/fer2013.csv.gz --out tests/fixtures/clip.mp4 \
+    python -m demo.make_demo_clip --data path/to/fer2013.csv.gz
+    python -m demo.make_demo_clip --data path/to/fer2013.csv.gz --out tests/fixtures/clip.mp4 \
         --size 320x240 --seconds 3 --faces-per-scene 1 --faces-dir tests/fixtures/faces
 
 Real faces with varied expressions: PublicTest images of every FER2013 class

@@ -112,7 +112,8 @@ def serve(make_app):
     servers = []
 
     def start(config, camera):
-        asgi = create_asgi_app(make_app(config, camera=camera), config)
+        app = make_app(config, camera=camera)
+        asgi = create_asgi_app(app, app.extensions["camera"], config)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         server = make_server(asgi, config.request_timeout_s, lifespan="off", log_level="warning")

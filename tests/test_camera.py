@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from camera import SourceError, mjpeg_part, parse_source, resolve_source
+from mjpeg import mjpeg_part
+from sources import SourceError, parse_source, resolve_source
 
 
 class Closed:

@@ -7,6 +7,9 @@ import json
 import socket
 import time
 
+import cv2
+import numpy as np
+
 from config import Config
 
 
@@ -136,3 +139,25 @@ def test_a_connection_without_a_request_is_closed(serve, make_camera, pass_throu
     assert silent.recv(1) == b"" and trickling.recv(1) == b""  # both closed by the server
     assert time.monotonic() - started < 5
     assert read_until(request(port, "/healthz"), b"}").startswith(b"HTTP/1.1 200")
+
+
+def test_stream_of_the_model_server_gives_decodable_frames_and_faces(serve, clip, tiny_model_files):
+    """Through the whole server with a model: a JPEG part of the clip's size, then an event with its face."""
+    model_path, weights_path = tiny_model_files
+    port, _ = serve(Config(source=str(clip), model_path=model_path, weights_path=weights_path), None)
+    bad = read_until(request(port, "/api/predict", "POST", b"junk", "Content-Type: image/jpeg\r\n"), b"}")
+    assert bad.startswith(b"HTTP/1.1 400")  # a bad upload first: the streams are not affected
+    sock = request(port, "/video_feed")
+    body = read_until(sock, b"--frame\r\n", count=2).partition(b"\r\n\r\n")[2]
+    sock.close()
+    head, _, rest = body.split(b"--frame\r\n")[1].partition(b"\r\n\r\n")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    image = cv2.imdecode(np.frombuffer(rest[:length], np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (240, 320, 3) and rest[length:length + 2] == b"\r\n"
+    events = request(port, "/api/events")
+    text = read_until(events, b"\n\n", count=4).decode()
+    events.close()
+    event = json.loads(text.split("data: ", 1)[1].split("\n\n")[0])
+    assert event["width"] == 320 and event["source"] == clip.name
+    # the fixture clip shows one face in every frame, and the cascade finds it
+    assert len(event["faces"]) == 1 and len(event["faces"][0]["probabilities"]) == 7

@@ -1,0 +1,61 @@
+"""The JSON the server sends about faces: ``/api/predict``, ``/api/faces`` and ``/api/events``."""
+import json
+import time
+
+from mjpeg import event_message
+
+
+def model_name(classifier):
+    """The Keras model's name, or ``"unknown"`` without a classifier."""
+    return getattr(getattr(classifier, "model", None), "name", "unknown")
+
+
+def faces_payload(faces, width, height, model):
+    """The JSON shape shared by ``/api/predict``, ``/api/faces`` and ``/api/events``.
+
+    Args:
+        faces: ``pipeline.Face`` list.
+        width, height: image size in pixels (None before a first frame).
+        model: the model's name.
+    """
+    return {"faces": [face.to_json() for face in faces], "width": width, "height": height,
+            "model": model}
+
+
+def live_payload(camera, frame, model):
+    """The JSON of ``/api/faces`` and ``/api/events``: ``faces_payload`` plus the source's state.
+
+    Args:
+        camera: the ``camera.Camera``.
+        frame: its ``camera.Frame`` to describe, or None before the first one.
+        model: the model's name.
+    """
+    payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,
+                            frame.height if frame else None, model)
+    payload.update(source=camera.name, notice=camera.notice, error=camera.error,
+                   state=camera.state, frame=frame.seq if frame else None)
+    return payload
+
+
+def events_renderer(camera, model, interval_s):
+    """A factory of ``render(frame) -> str``, one renderer per ``/api/events`` client.
+
+    Each renderer gives the server-sent event of ``live_payload``
+    (``data: {...}`` and a blank line), or "" when less than ``interval_s``
+    seconds passed since the last event it gave.
+
+    Returns:
+        ``() -> render``.
+    """
+    def new_renderer():
+        last = [0.0]
+
+        def render(frame):
+            if time.monotonic() - last[0] < interval_s:
+                return ""
+            last[0] = time.monotonic()
+            return event_message(json.dumps(live_payload(camera, frame, model)))
+
+        return render
+
+    return new_renderer
