@@ -1,0 +1,60 @@
+"""Take the README's screenshots of the page with the model that ships.
+
+    python -m docs.make_screenshots --video Megamind.avi --photo messi5.jpg
+
+Starts ``main.py`` on the video (OpenCV's sample ``Megamind.avi``; Debian's
+``opencv-doc`` package has it under /usr/share/doc/opencv-doc/examples/data/),
+opens the page in headless Chromium (Playwright, as ``tests/test_browser.py``)
+and saves ``docs/screenshot.png`` once faces are listed, then uploads the
+photo and saves ``docs/screenshot_upload.png``.
+"""
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--video", required=True)
+    p.add_argument("--photo", required=True)
+    p.add_argument("--port", type=int, default=5077)
+    args = p.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    server = subprocess.Popen([sys.executable, str(DOCS.parent / "main.py"), "--source", args.video,
+                               "--port", str(args.port)])
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.wait_for_timeout(1500)  # into the scene with both faces
+            page.wait_for_function("document.querySelectorAll('#live-faces .face').length >= 2", timeout=60000)
+            page.screenshot(path=str(DOCS / "screenshot.png"))
+            page.set_input_files("#upload-file", args.photo)
+            page.click("#upload-form button[type=submit]")
+            page.wait_for_selector("#upload-faces .face", timeout=30000)
+            page.screenshot(path=str(DOCS / "screenshot_upload.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
