@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from builders import build_camera, build_pipeline
 from config import Config
+from guards import too_large_message
 from images import ImageError, decode_image
 from payloads import faces_payload, live_payload, model_name
 
@@ -48,8 +49,7 @@ def create_app(config=None, camera=None):
     @app.errorhandler(HTTPException)
     def http_error(e):
         if request.path.startswith("/api/"):
-            message = "upload larger than the limit of {:,} bytes".format(config.max_upload_bytes) \
-                if e.code == 413 else e.description
+            message = too_large_message(config.max_upload_bytes) if e.code == 413 else e.description
             return jsonify(error=message), e.code
         return e
 

@@ -36,7 +36,10 @@ class Frame:
         width, height: frame size in pixels.
         timings: ms per stage for this frame: ``decode``, the pipeline's
             stages (``detect``, ``classify``, ``draw``), ``encode``, and
-            ``total`` from the start of decoding to publication.
+            ``total`` from the start of decoding to publication (empty for
+            a placeholder).
+        placeholder: a grey frame published while the source reconnects,
+            not a frame from the source.
     """
 
     seq: int
@@ -46,6 +49,7 @@ class Frame:
     width: int
     height: int
     timings: dict
+    placeholder: bool = False
 
 
 class _Wakeup:
@@ -138,7 +142,8 @@ class Camera:
             with the ``cv2.VideoCapture`` interface (tests count and fail calls).
         pace: play a video file at its own frame rate; False processes it
             as fast as the CPU allows (benchmarks).  See ``sources.VideoSource``.
-        on_frame: called in the capture thread with each published ``Frame``.
+        on_frame: called in the capture thread with each published
+            ``Frame`` (more with ``add_frame_observer``).
         max_backoff_s: longest wait between two attempts to reopen a lost
             webcam or stream; the wait starts at 0.25 s and doubles.
 
@@ -157,7 +162,7 @@ class Camera:
         self.idle_timeout_s = idle_timeout_s
         self.jpeg_quality = jpeg_quality
         self.notice = notice
-        self.on_frame = on_frame
+        self._observers = [on_frame] if on_frame else []
         self._cond = threading.Condition()
         self._wakeup = _Wakeup()  # fired, and replaced, at each frame and at the end of a run
         self._listeners = []  # called along with each wakeup
@@ -240,6 +245,10 @@ class Camera:
         """
         with self._cond:
             self._listeners.append(listener)
+
+    def add_frame_observer(self, observer):
+        """Call ``observer(frame)`` in the capture thread with each published ``Frame`` (metrics)."""
+        self._observers.append(observer)
 
     def remove_listener(self, listener):
         """Stop calling a listener given to ``add_listener``; no error if it is not there."""
@@ -396,17 +405,18 @@ class Camera:
         cv2.putText(image, text, (20, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (230, 230, 230), 2,
                     cv2.LINE_AA)
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        self._publish(jpeg.tobytes(), [], width, height, {})
+        self._publish(jpeg.tobytes(), [], width, height, {}, placeholder=True)
 
     def _reset_pipeline(self):
         reset = getattr(self.pipeline, "reset", None)
         if reset:
             reset()
 
-    def _publish(self, jpeg, faces, width, height, timings):
+    def _publish(self, jpeg, faces, width, height, timings, placeholder=False):
+        part = mjpeg_part(jpeg, "placeholder" if placeholder else "frame")
         with self._cond:
             self._seq += 1
-            self._frame = frame = Frame(self._seq, jpeg, mjpeg_part(jpeg), faces, width, height, timings)
+            self._frame = frame = Frame(self._seq, jpeg, part, faces, width, height, timings, placeholder)
             self._wake_clients_locked()
-        if self.on_frame:
-            self.on_frame(frame)
+        for observer in self._observers:
+            observer(frame)

@@ -25,8 +25,20 @@ class Config:
     """Server configuration; ``main.py`` fills it from the command line.
 
     Attributes:
-        host: address the server listens on.
+        host: address the server listens on; on any address but loopback
+            the server asks for an access token (see ``token``).
         port: TCP port the server listens on.
+        token: the access token every route but /healthz asks for
+            (``Authorization: Bearer``, or /?token= once in a browser, which
+            then keeps it in a cookie); letters, digits and ``-._~`` only.
+            Unset: none on loopback; on any other address one is made and
+            printed at start-up.
+        no_token: serve without an access token even on a non-loopback
+            address (a warning is logged): only behind your own
+            authentication.
+        certfile: a PEM certificate (chain) to serve https with, with
+            ``keyfile``.
+        keyfile: the PEM private key of ``certfile``.
         source: webcam index (``"0"``), video file path, stream URL that
             OpenCV opens (``rtsp://``, ``http://``), or ``"demo"`` for the
             bundled clip.
@@ -78,6 +90,10 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 5000
+    token: str = None
+    no_token: bool = False
+    certfile: Path = None
+    keyfile: Path = None
     source: str = "0"
     model_path: Path = ROOT / "model.json"
     weights_path: Path = ROOT / "model_weights.h5"
@@ -161,7 +177,8 @@ def add_config_arguments(parser, fields=None, environ=None, exclude=()):
         environ: the environment to read ``FER_SERVER_*`` defaults from
             (default: ``os.environ``).
 
-    Booleans get ``--name`` / ``--no-name``.  A flag's default is the
+    Booleans get ``--name`` / ``--no-name`` (a field named ``no_...``
+    that defaults to False only ``--no-...``).  A flag's default is the
     environment variable's value when it is set, else the field's default.
 
     Raises:
@@ -183,7 +200,9 @@ def add_config_arguments(parser, fields=None, environ=None, exclude=()):
                 raise ValueError(f"environment variable {env_name}: {e}") from None
         flag = FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
         text = f"{helps.get(field.name, '')} (default: %(default)s; env {env_name})"
-        if convert is _parse_bool:
+        if convert is _parse_bool and field.name.startswith("no_") and field.default is False:
+            parser.add_argument(flag, dest=field.name, action="store_true", default=default, help=text)
+        elif convert is _parse_bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=text)
         else:

@@ -13,9 +13,12 @@ flag (``python main.py --help``) and an environment variable
 import argparse
 import contextlib
 import ctypes
+import dataclasses
+import ipaddress
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import tempfile
@@ -96,11 +99,60 @@ def quiet_tensorflow():
                     print(line, file=sys.stderr)
 
 
+#: Characters an access token may hold: it travels in a URL, a header and a cookie as it is.
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{8,}$")
+
+
+def is_loopback(host):
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(config):
+    """The ``Config`` the server runs with, its access token decided.
+
+    A given token is kept; without one, a server on a non-loopback address
+    gets a new random one (``secrets.token_urlsafe``, 192 bits) unless
+    ``no_token`` is set, which is logged as a warning there.
+
+    Raises:
+        ValueError: a token that is too short or holds other characters than
+            ``TOKEN_PATTERN``'s, or ``--token`` with ``--no-token``.
+    """
+    if config.token is not None:
+        if config.no_token:
+            raise ValueError("--token and --no-token contradict each other")
+        if not TOKEN_PATTERN.match(config.token):
+            raise ValueError("the access token needs 8 or more letters, digits or '-._~'")
+        return config
+    if is_loopback(config.host):
+        return config
+    if config.no_token:
+        logging.warning("serving on %s without an access token (--no-token): anyone who can reach "
+                        "this address can watch the camera and use the API", config.host)
+        return config
+    return dataclasses.replace(config, token=secrets.token_urlsafe(24))
+
+
+def server_url(config):
+    """The URL to open, with ``?token=`` when the server asks for one."""
+    scheme = "https" if config.certfile else "http"
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    token = f"/?token={config.token}" if config.token else ""
+    return f"{scheme}://{host}:{config.port}{token}"
+
+
 def preflight(config, offline=False):
     """The cheap start-up checks, before TensorFlow loads (which takes seconds).
 
-    Checks that a file source exists, that the model files exist and, for
-    the server, that ``host:port`` can be bound.
+    Checks that a file source exists, that the model files (and the TLS
+    files, if any) exist and, for the server, that ``host:port`` can be
+    bound.
 
     Returns:
         The bound listening socket for the server (None offline), so no
@@ -109,7 +161,8 @@ def preflight(config, offline=False):
     Raises:
         sources.SourceError: a missing video file, or (offline) a source that is not a file.
         classifier.ModelLoadError: a missing model file.
-        OSError: the port cannot be bound (in use, or not allowed), with a sentence saying so.
+        OSError: the port cannot be bound (in use, or not allowed), or a TLS
+            file is missing, with a sentence saying so.
     """
     from classifier import ModelLoadError
     from sources import SourceError, check_file_exists, is_url, parse_source
@@ -128,6 +181,11 @@ def preflight(config, offline=False):
             raise ModelLoadError(f"Cannot read the model {what} {path}: no such file.")
     if offline:
         return None
+    if bool(config.certfile) != bool(config.keyfile):
+        raise OSError("https needs both --certfile and --keyfile")
+    for path in (config.certfile, config.keyfile):
+        if path is not None and not os.path.isfile(path):
+            raise OSError(f"cannot read {path}: no such file")
     return bind(config.host, config.port)
 
 
@@ -160,8 +218,10 @@ def main(argv=None):
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     offline = bool(args.output or args.csv)
     try:
+        if not offline:
+            config = resolve_token(config)
         listener = preflight(config, offline)
-    except (OSError, RuntimeError) as e:  # SourceError and ModelLoadError are RuntimeErrors
+    except (OSError, RuntimeError, ValueError) as e:  # SourceError and ModelLoadError are RuntimeErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     limit_malloc_arenas()  # before TensorFlow and the server start their threads
@@ -189,8 +249,8 @@ def serve(config, listener, debug, started):
         return 2
     app = create_app(config, camera)
     app.debug = debug  # Flask's tracebacks in the log
-    logging.info("serving %s on http://%s:%d (ready %.1f s after start)", camera.name, config.host,
-                 config.port, time.monotonic() - started)
+    logging.info("serving %s on %s (ready %.1f s after start)", camera.name, server_url(config),
+                 time.monotonic() - started)
     try:
         run_server(app, camera, config, listener, log_level="debug" if debug else "info")
     finally:

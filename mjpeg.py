@@ -18,16 +18,25 @@ EVENTS_PREAMBLE = "retry: 2000\n\n"
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
-def mjpeg_part(jpeg):
+#: Values of a part's ``X-Frame-Kind`` header: a processed frame from the
+#: source, a grey placeholder published while the source reconnects, or the
+#: latest part sent again to a viewer after seconds without news.
+PART_KINDS = ("frame", "placeholder", "keepalive")
+
+
+def mjpeg_part(jpeg, kind="frame"):
     """Wrap JPEG bytes as one part of an MJPEG ``multipart/x-mixed-replace`` stream.
 
     Args:
         jpeg: the encoded image, bytes.
+        kind: one of ``PART_KINDS``, sent as the part's ``X-Frame-Kind``
+            header so that clients and tests can tell real frames from
+            placeholders and keep-alives (browsers ignore it).
 
     Returns:
         bytes: ``--frame``, the part's headers, a blank line, the JPEG and CRLF.
     """
-    head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+    head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nX-Frame-Kind: {kind}\r\n"
             f"Content-Length: {len(jpeg)}\r\n\r\n").encode("ascii")
     return head + jpeg + b"\r\n"
 

@@ -19,7 +19,9 @@ import asyncio
 import json
 import logging
 
-from mjpeg import EVENTS_PREAMBLE, EVENTS_TYPE, STREAM_HEADERS, VIDEO_FEED_TYPE
+from guards import TokenGate, buffer_body, content_length, refuse, too_large_message
+from metrics import Metrics
+from mjpeg import EVENTS_PREAMBLE, EVENTS_TYPE, STREAM_HEADERS, VIDEO_FEED_TYPE, mjpeg_part
 from payloads import events_renderer, model_name
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,18 @@ class LiveStreams:
         self._closing = False
 
     async def video_feed(self, scope, receive, send):
-        """ASGI handler of ``GET /video_feed``: one MJPEG part per new frame (``HEAD``: the headers)."""
-        await self._stream(scope, receive, send, VIDEO_FEED_TYPE, lambda frame: frame.part)
+        """ASGI handler of ``GET /video_feed``: one MJPEG part per new frame (``HEAD``: the headers).
+
+        A frame sent again as a keep-alive goes out as a ``keepalive`` part
+        (``mjpeg.PART_KINDS``).
+        """
+        await self._stream(scope, receive, send, VIDEO_FEED_TYPE,
+                           lambda frame, again: mjpeg_part(frame.jpeg, "keepalive") if again else frame.part)
 
     async def events(self, scope, receive, send):
         """ASGI handler of ``GET /api/events``: ``retry``, then the faces as server-sent events."""
         render = self.events_renderer()
-        await self._stream(scope, receive, send, EVENTS_TYPE, lambda frame: render(frame).encode(),
+        await self._stream(scope, receive, send, EVENTS_TYPE, lambda frame, again: render(frame).encode(),
                            EVENTS_PREAMBLE.encode())
 
     async def _stream(self, scope, receive, send, content_type, render, preamble=b""):
@@ -102,12 +109,16 @@ class LiveStreams:
             if preamble:
                 await send({"type": "http.response.body", "body": preamble, "more_body": True})
             fresh = True  # the first pass sends a frame already there at once
+            last_seq = 0
             while viewer is not None and not gone.is_set() and not self._closing:
                 woken = self._next  # read before polling, so no frame is missed
                 frame, ended = viewer.poll(repeat=not fresh)
                 if ended:
                     break
-                body = render(frame) if frame is not None else b""
+                body = b""
+                if frame is not None:
+                    body = render(frame, frame.seq <= last_seq)
+                    last_seq = frame.seq
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 fresh = await woken
@@ -173,30 +184,54 @@ def create_asgi_app(app, camera, config, render_events=None):
     Args:
         app: the Flask app of ``app.create_app`` (every route but the streams).
         camera: the ``camera.Camera`` whose frames are streamed.
-        config: the ``config.Config`` (``max_clients``, ``events_interval_s``).
+        config: the ``config.Config``: ``max_clients``, ``events_interval_s``,
+            ``max_upload_bytes``, and ``token`` (None: no token asked).
         render_events: ``() -> render(frame) -> str`` for ``/api/events``
             (default: ``payloads.events_renderer`` of ``camera``).
 
     Returns:
-        An ASGI callable: every request to ``/video_feed`` and
-        ``/api/events`` goes to ``LiveStreams`` (which answers 405 to
-        methods other than ``GET`` and ``HEAD``), every other request to
-        Flask through a pool of ``max_clients + 8`` threads.  Its
-        ``streams`` attribute is the ``LiveStreams``.
+        An ASGI callable.  From the outside in: the request counter of
+        ``/metrics``; with ``config.token``, the ``guards.TokenGate`` (401
+        without the token; ``/healthz`` open); a body over
+        ``max_upload_bytes`` refused with 413 (by its ``Content-Length``,
+        or while it is read); then ``/video_feed`` and ``/api/events`` go to
+        ``LiveStreams`` (405 to methods other than ``GET`` and ``HEAD``),
+        ``/metrics`` to ``metrics.Metrics``, and every other request, its
+        body read first, to Flask through a pool of ``max_clients + 8``
+        threads.  Its ``streams`` attribute is the ``LiveStreams``, its
+        ``metrics`` the ``Metrics``.
     """
     from a2wsgi import WSGIMiddleware
 
     render_events = render_events or events_renderer(
         camera, model_name(getattr(camera.pipeline, "classifier", None)), config.events_interval_s)
     streams = LiveStreams(camera, config.max_clients, render_events)
-    routes = {"/video_feed": streams.video_feed, "/api/events": streams.events}
+    metrics = Metrics(camera)
+    camera.add_frame_observer(metrics.observe_frame)
+    routes = {"/video_feed": streams.video_feed, "/api/events": streams.events, "/metrics": metrics.endpoint}
     flask = WSGIMiddleware(app, workers=config.max_clients + 8)
+    limit = config.max_upload_bytes
+
+    async def front(scope, receive, send):
+        if scope["type"] != "http":
+            return await flask(scope, receive, send)
+        length = content_length(scope)
+        if length is not None and length > limit:
+            return await refuse(scope, receive, send, 413, too_large_message(limit))
+        handler = routes.get(scope.get("path"))
+        if handler is not None:
+            return await handler(scope, receive, send)
+        receive = await buffer_body(scope, receive, send, limit)
+        if receive is not None:  # None: refused while reading
+            await flask(scope, receive, send)
+
+    counted = metrics.count_requests(TokenGate(front, config.token) if config.token else front)
 
     async def asgi(scope, receive, send):
-        handler = routes.get(scope.get("path")) if scope["type"] == "http" else None
-        await (handler or flask)(scope, receive, send)
+        await counted(scope, receive, send)
 
     asgi.streams = streams
+    asgi.metrics = metrics
     return asgi
 
 
@@ -212,10 +247,12 @@ def serve(app, camera, config, listener, log_level="info"):
     first request has not arrived whole after ``config.request_timeout_s``
     (30 s), or when it stays idle for 5 s after a response; Ctrl-C (or
     SIGTERM) ends the streams, waits up to 3 s for other requests, and
-    returns.
+    returns.  With ``config.certfile`` and ``config.keyfile`` it serves
+    https (TLS) instead of http.
     """
     asgi = create_asgi_app(app, camera, config)
-    server = make_server(asgi, request_timeout_s=config.request_timeout_s,
+    tls = {"ssl_certfile": str(config.certfile), "ssl_keyfile": str(config.keyfile)} if config.certfile else {}
+    server = make_server(asgi, request_timeout_s=config.request_timeout_s, **tls,
                          lifespan="off", access_log=log_level == "debug", log_config=None,
                          log_level=log_level, server_header=False,
                          limit_concurrency=config.max_clients + 32, timeout_graceful_shutdown=3)

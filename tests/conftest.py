@@ -105,18 +105,18 @@ def counting_capture():
 
 @pytest.fixture
 def serve(make_app):
-    """``serve(config, camera)`` -> (port, the ASGI app): ``server.create_asgi_app`` served by
-    uvicorn on a free 127.0.0.1 port, in a thread, as ``python main.py`` serves it."""
+    """``serve(config, camera, **uvicorn_options)`` -> (port, the ASGI app): ``server.create_asgi_app``
+    served by uvicorn on a free 127.0.0.1 port, in a thread, as ``python main.py`` serves it."""
     from server import create_asgi_app, make_server
 
     servers = []
 
-    def start(config, camera):
+    def start(config, camera, **options):
         app = make_app(config, camera=camera)
         asgi = create_asgi_app(app, app.extensions["camera"], config)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        server = make_server(asgi, config.request_timeout_s, lifespan="off", log_level="warning")
+        server = make_server(asgi, config.request_timeout_s, lifespan="off", log_level="warning", **options)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         servers.append((server, thread))

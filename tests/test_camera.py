@@ -118,7 +118,9 @@ def test_frames_are_jpeg_parts(make_camera, clip, pass_through):
     image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (240, 320, 3) == (frame.height, frame.width, 3)
     assert frame.part == mjpeg_part(frame.jpeg)
-    assert frame.part.startswith(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ")
+    assert frame.part == (b"--frame\r\nContent-Type: image/jpeg\r\nX-Frame-Kind: frame\r\n"
+                          + f"Content-Length: {len(frame.jpeg)}\r\n\r\n".encode() + frame.jpeg + b"\r\n")
+    assert not frame.placeholder
 
 
 def test_unopenable_file_ends_the_stream_with_an_error(make_camera, pass_through, tmp_path):
