@@ -15,7 +15,18 @@ class Config:
         source: webcam index (``"0"``), video file path, stream URL that
             OpenCV opens (``rtsp://``, ``http://``), or ``"demo"`` for the
             bundled clip.
-        model_path, weights_path: ``model.json`` and ``model_weights.h5``.
+        model_path, weights_path: ``model.json`` and ``model_weights.h5``;
+            ``model_path`` may also be a whole saved model (``.h5``,
+            ``.hdf5``, ``.keras``), whose own weights are used
+            (``weights_path`` is then ignored).  Keras 3 and Keras 2 /
+            tf.keras 2.x files load; see ``classifier.load_model``.
+        input_range: the pixel scaling the model expects: ``"0,1"``,
+            ``"-1,1"`` or ``"0,255"``; ``None``: the ``input_range`` stored
+            in ``model.json``, else ``"0,1"``.
+        class_names: the model's class names in output order,
+            comma-separated; ``None``: the ``class_names`` stored in
+            ``model.json``, else the FER2013 names (for a 7-output model).
+            A model whose output count differs is refused at start-up.
         demo_clip: the clip streamed for ``demo`` and when the webcam cannot
             be opened.
         loop: replay a video file from the start when it ends.
@@ -82,3 +93,5 @@ class Config:
     request_timeout_s: float = 30.0
     health_max_frame_age_s: float = 10.0
     backend: str = "tflite-int8"
+    input_range: str = None
+    class_names: str = None
