@@ -86,6 +86,19 @@ def parse_input_range(value):
     return pair
 
 
+def join_input_range_argv(argv):
+    """Command-line arguments with ``--input-range -1,1`` joined into ``--input-range=-1,1``.
+
+    argparse takes a value starting with ``-`` (other than a plain negative
+    number) for an option; run ``argv`` (a list of str) through this first.
+    """
+    argv = list(argv)
+    for i in range(len(argv) - 1, 0, -1):
+        if argv[i - 1] == "--input-range" and argv[i].startswith("-"):
+            argv[i - 1:i + 1] = [f"--input-range={argv[i]}"]
+    return argv
+
+
 def parse_class_names(value):
     """``"Angry,Happy,..."`` or a sequence of names -> a tuple of stripped names; ``None`` stays ``None``.
 

@@ -8,10 +8,12 @@ size.
 """
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
 
+from classifier import join_input_range_argv
 from config import Config
 
 
@@ -36,11 +38,11 @@ def main(argv=None):
     p.add_argument("--model", default=str(defaults.model_path))
     p.add_argument("--weights", help="classic HDF5 weights of a JSON --model (default: model_weights.h5 beside "
                                      "it); none for a whole-model .h5/.keras")
-    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"),
+    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"), metavar="0,1|-1,1|0,255",
                    help="the model's input scaling (default: from model.json, else 0,1)")
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
     model, info = load_model(args.model, args.weights, input_range=args.input_range)
     results = {}
     for backend in Classifier.BACKENDS:

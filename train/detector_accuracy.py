@@ -12,10 +12,12 @@ the faces found and over all faces (a missed face counts as wrong).
 """
 import argparse
 import json
+import sys
 
 import cv2
 import numpy as np
 
+from classifier import join_input_range_argv
 from train.data import load_fer2013_csv
 
 
@@ -32,7 +34,7 @@ def main(argv=None):
     p.add_argument("--model", default=str(defaults.model_path))
     p.add_argument("--weights", help="classic HDF5 weights of a JSON --model (default: model_weights.h5 beside "
                                      "it); none for a whole-model .h5/.keras")
-    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"),
+    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"), metavar="0,1|-1,1|0,255",
                    help="the model's input scaling (default: from model.json, else 0,1)")
     p.add_argument("--classes", help="comma-separated class names in output order (FER2013 names)")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
@@ -40,7 +42,7 @@ def main(argv=None):
     p.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.25")
     p.add_argument("--side", type=int, default=144, help="face side on the canvas, pixels")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
     images, labels = load_fer2013_csv(args.data)[args.split]
     classifier = Classifier.from_files(args.model, args.weights, input_range=args.input_range,

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from classifier import join_input_range_argv
 from config import BACKENDS, Config
 from train.data import SPLITS, DataError, load_fer2013_csv
 
@@ -117,7 +118,7 @@ def main(argv=None):
     p.add_argument("--model", default=str(defaults.model_path))
     p.add_argument("--weights", help="classic HDF5 weights of a JSON --model (default: model_weights.h5 beside "
                                      "it); none for a whole-model .h5/.hdf5/.keras")
-    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"),
+    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"), metavar="0,1|-1,1|0,255",
                    help="the model's input scaling (default: from model.json, else 0,1)")
     p.add_argument("--classes", help="comma-separated class names in output order; each must be a FER2013 "
                                      "name (default: from model.json, else FER2013 order)")
@@ -127,7 +128,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.add_argument("--confusion-png", help="where to save the confusion matrix "
                                            "(default: confusion_<split>.png)")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
     from classifier import FER2013_LABELS, Classifier, ModelLoadError
 
