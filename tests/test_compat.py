@@ -247,3 +247,31 @@ def test_negative_input_range_on_the_command_line():
     assert join_input_range_argv(["--model", "m.h5", "--input-range", "-1,1", "--json"]) == [
         "--model", "m.h5", "--input-range=-1,1", "--json"]
     assert join_input_range_argv(["--input-range", "0,1"]) == ["--input-range", "0,1"]
+
+
+def test_rgb_keras2_model_through_the_pipeline(tmp_path, clip):
+    """A 3-channel model gets the colour crop in RGB order, at its own input size."""
+    from builders import build_pipeline
+    from config import Config
+
+    inputs = k2.Input((36, 30, 3))
+    x = k2.layers.Conv2D(3, 3, strides=2)(inputs)
+    x = k2.layers.GlobalAveragePooling2D()(x)
+    model = randomise(k2.Model(inputs, k2.layers.Dense(2, activation="softmax")(x)), seed=7)
+    model_path, weights_path = write_pair(tmp_path, model)
+    pipeline = build_pipeline(Config(source=str(clip), model_path=model_path, weights_path=weights_path,
+                                     class_names="Happy,Sad", backend="tflite", detect_every=1, smoothing=0.0))
+    capture = cv2.VideoCapture(str(clip))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok and frame.ndim == 3
+    frame[..., 0] //= 2  # the clip is gray: tint it so that BGR and RGB crops differ
+    faces = pipeline.analyse(frame)
+    assert len(faces) == 1 and set(faces[0].probabilities) == {"Happy", "Sad"}
+    x0, y0, w, h = faces[0].box
+    crop = cv2.resize(frame[y0:y0 + h, x0:x0 + w], (30, 36), interpolation=cv2.INTER_AREA)
+    expected = model(crop[None, :, :, ::-1].astype(np.float32) / 255, training=False).numpy()[0]
+    bgr_order = model(crop[None].astype(np.float32) / 255, training=False).numpy()[0]
+    assert np.abs(expected - bgr_order).max() > 1e-3  # the test can tell the channel orders apart
+    np.testing.assert_allclose([faces[0].probabilities["Happy"], faces[0].probabilities["Sad"]], expected,
+                               atol=1e-5)
