@@ -275,3 +275,20 @@ def test_rgb_keras2_model_through_the_pipeline(tmp_path, clip):
     assert np.abs(expected - bgr_order).max() > 1e-3  # the test can tell the channel orders apart
     np.testing.assert_allclose([faces[0].probabilities["Happy"], faces[0].probabilities["Sad"]], expected,
                                atol=1e-5)
+
+
+def test_keras3_archive_loads_and_its_lambda_is_refused(tmp_path, x48):
+    import keras
+
+    inputs = keras.Input((48, 48, 1))
+    outputs = keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    model.save(tmp_path / "whole.keras")
+    loaded, info = load_model(tmp_path / "whole.keras")
+    assert info.input_shape == (48, 48, 1)
+    np.testing.assert_allclose(loaded(x48).numpy(), model(x48).numpy(), atol=1e-6)
+    doubled = keras.layers.Lambda(lambda t: t * 2)(inputs)
+    unsafe = keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(doubled)))
+    unsafe.save(tmp_path / "unsafe.keras")
+    with pytest.raises(ModelLoadError, match="unsafe.keras has a Lambda layer"):
+        load_model(tmp_path / "unsafe.keras")
