@@ -431,7 +431,10 @@ def _model_info(model, metadata, path, input_range, class_names):
     outputs = model.outputs[0].shape if len(model.outputs) == 1 else None
     if outputs is None or len(outputs) != 2 or not outputs[1]:
         raise ModelLoadError(f"{path} does not give one vector of class probabilities per image.")
-    labels = class_names or parse_class_names(metadata.get(LABELS_KEY) or None)
+    try:
+        labels = class_names or parse_class_names(metadata.get(LABELS_KEY) or None)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path} carries bad {LABELS_KEY} ({e}).") from None
     if labels is None:
         if outputs[1] != len(FER2013_LABELS):
             raise ModelLoadError(f"{path} has {outputs[1]} outputs, so its class names must be given "
