@@ -19,7 +19,8 @@ def build_pipeline(config, classifier=None, for_images=False):
         classifier.ModelLoadError: the model files cannot be loaded.
     """
     classifier = classifier or Classifier.from_files(config.model_path, config.weights_path,
-                                                     backend=config.backend)
+                                                     input_range=config.input_range,
+                                                     class_names=config.class_names, backend=config.backend)
     detector = FaceDetector(config.image_scale_factor if for_images else config.scale_factor,
                             config.min_neighbors,
                             config.image_min_face_px if for_images else config.min_face_px,

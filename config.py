@@ -42,9 +42,20 @@ class Config:
         source: webcam index (``"0"``), video file path, stream URL that
             OpenCV opens (``rtsp://``, ``http://``), or ``"demo"`` for the
             bundled clip.
-        model_path: the model's Keras JSON architecture, ``model.json``.
-        weights_path: the model's weights in the classic Keras HDF5 layout,
-            ``model_weights.h5``.
+        model_path: the model: a Keras JSON architecture (``model.json``,
+            Keras 3 or Keras 2 / tf.keras 2.x), or a whole saved model
+            (``.h5``, ``.hdf5``, ``.keras``) whose own weights are used; see
+            ``classifier.load_model``.
+        weights_path: the weights of a JSON architecture in the classic
+            Keras HDF5 layout (``model_weights.h5``); ignored for a whole
+            saved model.
+        input_range: the pixel scaling the model expects: ``"0,1"``,
+            ``"-1,1"`` or ``"0,255"``; unset: the ``input_range`` stored in
+            ``model.json``, else ``"0,1"``.
+        class_names: the model's class names in output order,
+            comma-separated; unset: the ``class_names`` stored in
+            ``model.json``, else the FER2013 names (for a 7-output model).
+            A model whose output count differs is refused at start-up.
         demo_clip: the clip streamed for ``demo`` and when the webcam cannot
             be opened.
         loop: replay a video file from the start when it ends.
@@ -118,6 +129,8 @@ class Config:
     request_timeout_s: float = 30.0
     health_max_frame_age_s: float = 10.0
     backend: str = "tflite-int8"
+    input_range: str = None
+    class_names: str = None
 
 
 #: Prefix of the environment variables that set ``Config`` fields.

@@ -45,7 +45,9 @@ def parse_args(argv=None):
                                     "annotated to this file (.mp4 or .avi)")
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
                                  "per frame to this CSV file")
-    return p.parse_args(argv)
+    from classifier import join_input_range_argv  # "--input-range -1,1" is not an option
+
+    return p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
 
 def limit_malloc_arenas(arenas=2):

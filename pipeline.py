@@ -102,30 +102,38 @@ class FaceDetector:
         return np.round(boxes / scale).astype(np.int32)
 
 
-def crop_faces(gray, boxes, size=48, margin=0.0):
+def crop_faces(image, boxes, size=48, margin=0.0):
     """Cut each box out of the frame as a classifier input.
 
     Args:
-        gray: ``(H, W)`` uint8 grayscale frame.
+        image: ``(H, W)`` uint8 grayscale frame, or ``(H, W, C)`` uint8
+            colour frame (channels kept in their order).
         boxes: ``(N, 4)`` ``(x, y, w, h)`` boxes in pixels.
-        size: output side in pixels.
+        size: output side in pixels, or ``(height, width)``.
         margin: fraction of the box side added on every side; the part of a
             widened box outside the frame is filled by replicating the edge.
 
     Returns:
-        ``(N, size, size, 1)`` float32 in [0, 1].
+        ``(N, height, width, 1)`` (grayscale) or ``(N, height, width, C)``
+        float32 in [0, 1].
     """
-    out = np.empty((len(boxes), size, size, 1), np.float32)
-    height, width = gray.shape[:2]
+    out_h, out_w = (size, size) if np.isscalar(size) else size
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    out = np.empty((len(boxes), out_h, out_w, channels), np.float32)
+    height, width = image.shape[:2]
     for i, (x, y, w, h) in enumerate(boxes):
         dx, dy = int(round(w * margin)), int(round(h * margin))
         x0, y0, x1, y1 = x - dx, y - dy, x + w + dx, y + h + dy
-        crop = gray[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
+        crop = image[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
         if (x0, y0, x1, y1) != (max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)):
             crop = cv2.copyMakeBorder(crop, max(-y0, 0), max(y1 - height, 0), max(-x0, 0),
                                       max(x1 - width, 0), cv2.BORDER_REPLICATE)
-        interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-        out[i, :, :, 0] = cv2.resize(crop, (size, size), interpolation=interpolation)
+        interpolation = cv2.INTER_AREA if crop.shape[0] > out_h else cv2.INTER_LINEAR
+        resized = cv2.resize(crop, (out_w, out_h), interpolation=interpolation)
+        if channels == 1:
+            out[i, :, :, 0] = resized
+        else:
+            out[i] = resized
     out *= 1.0 / 255.0
     return out
 
@@ -244,7 +252,7 @@ class FramePipeline:
         gray = _grayscale(frame)
         tracks = self.tracker.update(gray)
         detected = time.perf_counter()
-        probs = self._classify(gray, [t.box for t in tracks])
+        probs = self._classify(gray, [t.box for t in tracks], frame)
         smoothed = {}
         for track, p in zip(tracks, probs):
             previous = self._smoothed.get(track.id)
@@ -259,9 +267,10 @@ class FramePipeline:
 
     def analyse_image(self, image):
         """Classify every face of a single image: full detection, no tracking or smoothing."""
+        image = to_uint8_image(image)
         gray = _grayscale(image)
         boxes = self.detector.detect(gray)
-        return [self._face(b, p) for b, p in zip(boxes, self._classify(gray, boxes))]
+        return [self._face(b, p) for b, p in zip(boxes, self._classify(gray, boxes, image))]
 
     def process(self, frame):
         """``analyse`` then draw: returns ``(annotated BGR copy, faces)``.
@@ -277,10 +286,17 @@ class FramePipeline:
         self.timings["draw"] = (time.perf_counter() - started) * 1e3
         return annotated, faces
 
-    def _classify(self, gray, boxes):
+    def _classify(self, gray, boxes, frame=None):
+        """``(N, classes)`` probabilities of the faces in ``boxes``: grayscale crops, or, for a model
+        taking 3 channels, RGB crops of a BGR ``frame`` (given as ``analyse`` received it)."""
         if len(boxes) == 0:
             return np.zeros((0, len(self.classifier.labels)), np.float32)
-        crops = crop_faces(gray, np.asarray(boxes), self.classifier.input_size, self.crop_margin)
+        height, width, channels = self.classifier.input_shape
+        size = height if height == width else (height, width)
+        if channels == 3 and frame is not None and frame.ndim == 3:
+            crops = crop_faces(to_uint8_image(frame), np.asarray(boxes), size, self.crop_margin)[..., ::-1]
+        else:
+            crops = crop_faces(gray, np.asarray(boxes), size, self.crop_margin)
         return self.classifier.predict(crops)
 
     def _face(self, box, p, track_id=None):

@@ -92,7 +92,9 @@ def run_baseline(source, config, seconds):
     from classifier import load_model
     from pipeline import CASCADE_FILE, Face, crop_faces, draw_faces
 
-    model, labels = load_model(config.model_path, config.weights_path)
+    model, info = load_model(config.model_path, config.weights_path, input_range=config.input_range,
+                             class_names=config.class_names)
+    labels = info.labels
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
     model.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0)
     cap = cv2.VideoCapture(str(source))

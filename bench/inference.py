@@ -1,6 +1,6 @@
 """Classifier inference speed: ms per face at batch size 1, faces/s at batch size 32.
 
-    python -m bench.inference [--model model.json --weights model_weights.h5] [--json]
+    python -m bench.inference [--model model.json --weights model_weights.h5 | --model whole.h5] [--json]
 
 Times ``Classifier.predict`` (the server's path) for each backend, on
 random faces, after a warm-up call; prints one line per backend and batch
@@ -8,17 +8,20 @@ size.
 """
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
 
+from classifier import join_input_range_argv
 from config import Config
 
 
 def time_predict(classifier, batch, seconds):
-    """Mean seconds per ``predict`` call on a random ``(batch, S, S, 1)`` float32 batch."""
-    side = classifier.input_size
-    x = np.random.default_rng(0).random((batch, side, side, 1), dtype=np.float32)
+    """Mean seconds per ``predict`` call on a random ``(batch, H, W, 1)`` float32 batch in [0, 1]
+    (grayscale, as the server's pipeline crops for a 1-channel model)."""
+    height, width, _ = classifier.input_shape
+    x = np.random.default_rng(0).random((batch, height, width, 1), dtype=np.float32)
     classifier.predict(x)
     calls, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -33,14 +36,17 @@ def main(argv=None):
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(defaults.model_path))
-    p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--weights", help="classic HDF5 weights of a JSON --model (default: model_weights.h5 beside "
+                                     "it); none for a whole-model .h5/.keras")
+    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"), metavar="0,1|-1,1|0,255",
+                   help="the model's input scaling (default: from model.json, else 0,1)")
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    model, labels = load_model(args.model, args.weights)
+    args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
+    model, info = load_model(args.model, args.weights, input_range=args.input_range)
     results = {}
     for backend in Classifier.BACKENDS:
-        classifier = Classifier(model, labels, backend=backend)
+        classifier = Classifier(model, info, backend=backend)
         single = time_predict(classifier, 1, args.seconds)
         batch32 = time_predict(classifier, 32, args.seconds)
         results[backend] = {"ms_per_face_batch1": round(single * 1e3, 3),

@@ -35,8 +35,9 @@ def test_save_load_round_trip_keeps_outputs_and_labels(tmp_path, faces):
     model.layers[2].moving_mean.assign(np.linspace(0, 1, 4))  # not all-default weights
     labels = ("Angry", "Happy", "Sad", "Neutral")
     save_model(model, tmp_path / "m.json", tmp_path / "w.h5", labels)
-    loaded, loaded_labels = load_model(tmp_path / "m.json", tmp_path / "w.h5")
-    assert loaded_labels == labels
+    loaded, info = load_model(tmp_path / "m.json", tmp_path / "w.h5")
+    assert info.labels == labels and info.input_shape == (48, 48, 1)
+    assert info.input_range == (0.0, 1.0) and info.temperature == 1.0
     x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
     assert json.loads((tmp_path / "m.json").read_text())["class_names"] == list(labels)

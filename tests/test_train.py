@@ -113,8 +113,8 @@ def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, mak
           "--checkpoint-dir", str(tmp_path / "ckpt"), "--precision", "float32"])
     for name in ("model.json", "model_weights.h5", "MODEL_CARD.md", "training_history.csv"):
         assert (out / name).exists(), name
-    model, labels = load_model(out / "model.json", out / "model_weights.h5")
-    assert labels == ("Angry", "Happy", "Sad", "Neutral") and model.output_shape == (None, 4)
+    model, info = load_model(out / "model.json", out / "model_weights.h5")
+    assert info.labels == ("Angry", "Happy", "Sad", "Neutral") and model.output_shape == (None, 4)
     with h5py.File(out / "model_weights.h5") as f:  # classic layout, float32
         assert "layer_names" in f.attrs and f["block1_conv1"]["block1_conv1/kernel:0"].dtype == np.float32
     card = (out / "MODEL_CARD.md").read_text()

@@ -12,10 +12,12 @@ the faces found and over all faces (a missed face counts as wrong).
 """
 import argparse
 import json
+import sys
 
 import cv2
 import numpy as np
 
+from classifier import join_input_range_argv
 from train.data import load_fer2013_csv
 
 
@@ -30,16 +32,21 @@ def main(argv=None):
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="PublicTest")
     p.add_argument("--model", default=str(defaults.model_path))
-    p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--weights", help="classic HDF5 weights of a JSON --model (default: model_weights.h5 beside "
+                                     "it); none for a whole-model .h5/.keras")
+    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"), metavar="0,1|-1,1|0,255",
+                   help="the model's input scaling (default: from model.json, else 0,1)")
+    p.add_argument("--classes", help="comma-separated class names in output order (FER2013 names)")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                    help="classifier inference path (default: the server's, %(default)s)")
     p.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.25")
     p.add_argument("--side", type=int, default=144, help="face side on the canvas, pixels")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
     images, labels = load_fer2013_csv(args.data)[args.split]
-    classifier = Classifier.from_files(args.model, args.weights, backend=args.backend)
+    classifier = Classifier.from_files(args.model, args.weights, input_range=args.input_range,
+                                       class_names=args.classes, backend=args.backend)
     detector = FaceDetector(defaults.scale_factor, defaults.min_neighbors, defaults.min_face_px,
                             defaults.detect_width)
     plain = float((predict(classifier, images).argmax(1) == labels).mean())
@@ -56,7 +63,7 @@ def main(argv=None):
         box = min(boxes, key=lambda b: np.abs(b[:2] + b[2:] / 2 - centre).sum())  # the face, not a stray box
         found_index.append(i)
         for m in margins:
-            crops[m].append(crop_faces(canvas, box[None], classifier.input_size, m)[0])
+            crops[m].append(crop_faces(canvas, box[None], classifier.input_shape[:2], m)[0])
     found = np.array(found_index)
     result = {"n": int(len(images)), "plain_accuracy": round(plain, 4),
               "found": round(len(found) / len(images), 4), "margins": {}}

@@ -1,6 +1,7 @@
 """Evaluate a model on a FER2013 split.
 
     python -m train.evaluate --data path/to/fer2013.csv.gz --split PublicTest [--tta] [--json]
+    python -m train.evaluate --data fer2013.csv.gz --model emotion_model.hdf5 --input-range -1,1
 
 Prints accuracy, macro-F1, per-class precision/recall/F1 and the confusion
 matrix (rows: true class, columns: predicted), and saves the confusion
@@ -15,6 +16,7 @@ import sys
 
 import numpy as np
 
+from classifier import join_input_range_argv
 from config import BACKENDS, Config
 from train.data import SPLITS, DataError, load_fer2013_csv
 
@@ -51,7 +53,16 @@ def metrics(y_true, y_pred, labels):
 
 
 def predict(classifier, images, tta=False, batch_size=256):
-    """``(N, C)`` probabilities for ``(N, 48, 48)`` uint8 faces; ``tta`` adds the mirror image."""
+    """``(N, C)`` float32 probabilities for ``(N, 48, 48)`` uint8 faces; ``tta`` adds the mirror image.
+
+    Faces are resized (bilinear) to the model's input height and width when
+    these differ from 48x48; the classifier applies channels and scaling.
+    """
+    height, width = classifier.input_shape[:2]
+    if images.shape[1:3] != (height, width):
+        import cv2
+
+        images = np.stack([cv2.resize(face, (width, height), interpolation=cv2.INTER_LINEAR) for face in images])
     x = images[..., None].astype(np.float32) / 255.0
     out = []
     for i in range(0, len(x), batch_size):
@@ -105,27 +116,42 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="FER2013 CSV, plain or .gz")
     p.add_argument("--split", choices=SPLITS, default="PublicTest")
     p.add_argument("--model", default=str(defaults.model_path))
-    p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--weights", help="classic HDF5 weights of a JSON --model (default: model_weights.h5 beside "
+                                     "it); none for a whole-model .h5/.hdf5/.keras")
+    p.add_argument("--input-range", choices=("0,1", "-1,1", "0,255"), metavar="0,1|-1,1|0,255",
+                   help="the model's input scaling (default: from model.json, else 0,1)")
+    p.add_argument("--classes", help="comma-separated class names in output order; each must be a FER2013 "
+                                     "name (default: from model.json, else FER2013 order)")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                    help="inference path (default: the server's, %(default)s)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally mirrored face")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.add_argument("--confusion-png", help="where to save the confusion matrix "
                                            "(default: confusion_<split>.png)")
-    args = p.parse_args(argv)
+    args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
-    from classifier import Classifier, ModelLoadError
+    from classifier import FER2013_LABELS, Classifier, ModelLoadError
 
     try:
+        classifier = Classifier.from_files(args.model, args.weights, input_range=args.input_range,
+                                           class_names=args.classes, backend=args.backend)
         data = load_fer2013_csv(args.data)
-        classifier = Classifier.from_files(args.model, args.weights, backend=args.backend)
     except (DataError, ModelLoadError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     if args.split not in data:
         sys.exit(f"error: {args.data} has no {args.split} rows")
     images, y_true = data[args.split]
     labels = classifier.labels
     y_pred = predict(classifier, images, args.tta).argmax(1)
+    if labels != FER2013_LABELS:  # score by name against the data set's labels
+        fer = {name.lower(): i for i, name in enumerate(FER2013_LABELS)}
+        if not all(name.lower() in fer for name in labels):
+            print(f"error: {args.model}: the classes {', '.join(labels)} are not all FER2013 classes "
+                  f"({', '.join(FER2013_LABELS)}).", file=sys.stderr)
+            sys.exit(2)
+        y_pred = np.array([fer[name.lower()] for name in labels])[y_pred]
+        labels = FER2013_LABELS
     result = metrics(y_true, y_pred, labels)
     result.update(split=args.split, tta=args.tta, model=str(args.model))
     print(format_report(result, labels))

@@ -83,10 +83,10 @@ def main(argv=None):
     from train.model import build_model
 
     try:
-        narrow, labels = load_model(args.model, args.weights)
+        narrow, info = load_model(args.model, args.weights)
     except ModelLoadError as e:
         sys.exit(f"error: {e}")
-    wide = build_model(len(labels), args.width)
+    wide = build_model(len(info.labels), args.width)
     try:
         widen_weights(narrow, wide, args.noise, args.seed)
     except ValueError as e:
