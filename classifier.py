@@ -582,20 +582,16 @@ class Classifier:
     ``config.Config.backend``, ``"tflite-int8"``) converts the model once to
     TensorFlow Lite and runs it with the interpreter that ships with
     TensorFlow (XNNPACK kernels); ``"tf.function"`` runs the Keras model in
-    one traced graph.  Measured on a 2-core Xeon with this project's
-    1.2M-parameter model: 1.1 ms (TFLite) against 3.0 ms (tf.function,
-    2.8 ms with XLA) and 51 ms (``model.predict``) per face at batch size 1.
-    Both give the Keras model's outputs to within 1e-6.  ``"tflite-int8"``
-    converts with dynamic-range quantisation (``tf.lite.Optimize.DEFAULT``:
-    int8 weights, activations quantised per batch at run time), which
-    XNNPACK runs with int8 kernels: about 0.25 ms per face and 5,000
-    faces/s at batch size 32 on the same CPU, with probabilities a few
-    hundredths off the float model's.  On a 2-core AMD EPYC with AVX-512
-    VNNI: 0.35 against 1.25 ms per face at batch size 1, 3,085 against 800
-    faces/s at batch size 32.  On one with AVX2 only, it is hardly faster
-    than float32 (4.75 against 6.03 ms, 197 against 204 faces/s).  If conversion fails
-    (an unusual custom model), the TFLite backends fall back to
-    ``tf.function``.
+    one traced graph.  Both give the Keras model's outputs to within 1e-6,
+    and both are many times faster per call than ``model.predict``, which
+    is built for large batches.  ``"tflite-int8"`` converts with
+    dynamic-range quantisation (``tf.lite.Optimize.DEFAULT``: int8 weights,
+    activations quantised per batch at run time), which XNNPACK runs with
+    int8 kernels: several times faster than float32 on CPUs with VNNI,
+    hardly faster on AVX2-only ones, with probabilities a few hundredths off
+    the float model's (README "Benchmarks" has the figures per CPU).  If
+    conversion fails (an unusual custom model), the TFLite backends fall
+    back to ``tf.function``.
 
     Args:
         model: a Keras model taking ``(N, H, W, C)`` float32 (C 1 or 3)

@@ -34,10 +34,10 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def read_parts(port, seconds, counts, index, first_part=None):
-    """Count the MJPEG parts of ``/video_feed`` received within ``seconds``."""
+def read_parts(port, seconds, counts, index, first_part=None, headers=None):
+    """Count the MJPEG parts of ``/video_feed`` received within ``seconds`` (``headers``: e.g. the token)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/video_feed")
+    conn.request("GET", "/video_feed", headers=headers or {})
     response = conn.getresponse()
     boundary = b"--frame\r\n"
     deadline = time.monotonic() + seconds
@@ -64,7 +64,7 @@ def start_server(source, port, extra=()):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
 
 
-def wait_first_frame(server, port, timeout_s=120):
+def wait_first_frame(server, port, timeout_s=120, headers=None):
     """Seconds from now until the first MJPEG part arrives from a fresh server."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
@@ -72,7 +72,7 @@ def wait_first_frame(server, port, timeout_s=120):
             raise SystemExit(f"server exited: {server.stderr.read().decode()[-2000:]}")
         try:
             first = threading.Event()
-            read_parts(port, 0.5, [0], 0, first)
+            read_parts(port, 0.5, [0], 0, first, headers)
             if first.is_set():
                 return time.monotonic() - started
         except OSError:

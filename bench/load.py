@@ -12,8 +12,13 @@ p50/p95/p99, and the server's resident memory and thread count at start and
 end.  ``--churn S`` makes each viewer reconnect every S seconds on average.
 ``--fail-source-at T`` serves the video to the tested server through a
 second server (an MJPEG URL source), stops that one at T seconds for 5 s and
-reports how long the viewers went without a real frame after it returned.
-Every request goes to 127.0.0.1, and every loop stops at ``--seconds``.
+restarts it.  A probe reads the restarted upstream itself; the recovery
+clock starts at the first real frame the upstream serves (an
+``X-Frame-Kind: frame`` part) and stops, for each viewer, at its first
+real frame after that; placeholder and keep-alive parts
+(``mjpeg.PART_KINDS``) do not count.
+Every request goes to 127.0.0.1, and every loop stops at ``--seconds`` (with
+``--fail-source-at``, at least 10 s after the source is back).
 """
 import argparse
 import http.client
@@ -29,6 +34,7 @@ from bench.clients import free_port, start_server, wait_first_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUNDARY = b"--frame\r\n"
+REAL = b"X-Frame-Kind: frame\r\n"
 
 
 def proc_status(pid):
@@ -39,13 +45,17 @@ def proc_status(pid):
 
 
 class Viewer(threading.Thread):
-    """Reads /video_feed until ``stop``; counts parts, errors and gaps between parts."""
+    """Reads /video_feed until ``stop``; counts parts and errors, and times the real frames.
 
-    def __init__(self, port, stop, churn_s=0.0):
+    ``real_times`` holds the ``time.monotonic()`` at which each part marked
+    ``X-Frame-Kind: frame`` arrived (not placeholders or keep-alives).
+    """
+
+    def __init__(self, port, stop, churn_s=0.0, headers=None):
         super().__init__(daemon=True)
-        self.port, self.stop, self.churn_s = port, stop, churn_s
+        self.port, self.stop, self.churn_s, self.headers = port, stop, churn_s, headers or {}
         self.parts, self.errors, self.connections = 0, [], 0
-        self.part_times = []
+        self.real_times = []
 
     def run(self):
         while not self.stop.is_set():
@@ -61,30 +71,57 @@ class Viewer(threading.Thread):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         self.connections += 1
         try:
-            conn.request("GET", "/video_feed")
+            conn.request("GET", "/video_feed", headers=self.headers)
             response = conn.getresponse()
             if response.status != 200:
                 self.errors.append(f"HTTP {response.status}")
                 time.sleep(0.5)
                 return
             tail = b""
+            keep = len(BOUNDARY) + len(REAL) + 40  # enough to see a part's boundary and kind together
             while not self.stop.is_set() and (until is None or time.monotonic() < until):
                 chunk = response.read1(65536)
                 if not chunk:
                     raise ConnectionError("stream ended")
                 data = tail + chunk
-                n = data.count(BOUNDARY)
-                if n:
-                    now = time.monotonic()
-                    self.parts += n
-                    self.part_times.extend([now] * n)
-                tail = data[-len(BOUNDARY):]
+                now = time.monotonic()
+                self.parts += data.count(BOUNDARY) - tail.count(BOUNDARY)
+                self.real_times.extend([now] * (data.count(REAL) - tail.count(REAL)))
+                tail = data[-keep:]
         finally:
             conn.close()
 
 
-def api_load(port, rps, stop, photo, latencies, errors):
+def first_real_frame(port, deadline_s=60.0):
+    """``time.monotonic()`` when a fresh reader of ``port``'s /video_feed gets its first real frame.
+
+    Retries the connection until the server answers (it may be starting);
+    None if no real frame came within ``deadline_s`` seconds.
+    """
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/video_feed")
+            response = conn.getresponse()
+            data = b""
+            while time.monotonic() < deadline:
+                chunk = response.read1(65536)
+                if not chunk:
+                    break
+                data = data[-len(REAL):] + chunk
+                if REAL in data:
+                    return time.monotonic()
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    return None
+
+
+def api_load(port, rps, stop, photo, latencies, errors, headers=None):
     """``rps`` POST /api/predict per second, each timed; runs until ``stop``."""
+    headers = {"Content-Type": "image/jpeg", **(headers or {})}
     interval = 1.0 / rps
     due = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -92,7 +129,7 @@ def api_load(port, rps, stop, photo, latencies, errors):
         due += interval
         started = time.monotonic()
         try:
-            conn.request("POST", "/api/predict", body=photo, headers={"Content-Type": "image/jpeg"})
+            conn.request("POST", "/api/predict", body=photo, headers=headers)
             response = conn.getresponse()
             body = response.read()
             if response.status != 200 or "faces" not in json.loads(body):
@@ -124,8 +161,10 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--churn", type=float, default=0.0, help="mean seconds a viewer stays before reconnecting")
     p.add_argument("--fail-source-at", type=float, help="stop the upstream source at this second, for 5 s")
+    p.add_argument("--token", help="run the server with this access token; every request sends it")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    auth = {"Authorization": f"Bearer {args.token}"} if args.token else {}
 
     upstream = None
     source = args.source
@@ -135,20 +174,21 @@ def main(argv=None):
         wait_first_frame(upstream, upstream_port)
         source = f"http://127.0.0.1:{upstream_port}/video_feed"
     port = free_port()
-    server = start_server(source, port, ["--max-clients", str(max(64, args.clients + 8))])
+    server = start_server(source, port, ["--max-clients", str(max(64, args.clients + 8)),
+                                         *(["--token", args.token] if args.token else [])])
     try:
-        wait_first_frame(server, port)
+        wait_first_frame(server, port, headers=auth)
         photo = fixture_photo()
         warm = []
         api_load_once = threading.Event()
         threading.Timer(3.0, api_load_once.set).start()
-        api_load(port, 2.0, api_load_once, photo, warm, [])  # the API path's first calls allocate
+        api_load(port, 2.0, api_load_once, photo, warm, [], auth)  # the API path's first calls allocate
         mem0, threads0 = proc_status(server.pid)
         stop = threading.Event()
-        viewers = [Viewer(port, stop, args.churn) for _ in range(args.clients)]
+        viewers = [Viewer(port, stop, args.churn, auth) for _ in range(args.clients)]
         latencies, api_errors = [], []
         api = threading.Thread(target=api_load, args=(port, args.rps, stop, photo, latencies,
-                                                      api_errors), daemon=True) if args.rps else None
+                                                      api_errors, auth), daemon=True) if args.rps else None
         started = time.monotonic()
         for v in viewers:
             v.start()
@@ -157,7 +197,8 @@ def main(argv=None):
         samples = []
         outage = None
         warm_mem = None
-        while time.monotonic() - started < args.seconds:
+        deadline = started + args.seconds
+        while time.monotonic() < deadline:
             time.sleep(1.0)
             samples.append((round(time.monotonic() - started), *proc_status(server.pid)))
             if warm_mem is None and time.monotonic() - started >= 10:
@@ -168,7 +209,9 @@ def main(argv=None):
                 outage = time.monotonic()
                 time.sleep(5.0)
                 upstream = start_server(args.source, upstream_port)
-                back = time.monotonic()
+                back = first_real_frame(upstream_port)
+                if back is not None:  # leave the viewers 10 s to get their first real frame
+                    deadline = max(deadline, back + 10.0)
         stop.set()
         for v in viewers:
             v.join(15)
@@ -201,9 +244,10 @@ def main(argv=None):
     if outage is not None:
         gaps = []
         for v in viewers:
-            after = [t for t in v.part_times if t > back]
+            after = [t for t in v.real_times if back is not None and t >= back]
             gaps.append(after[0] - back if after else None)
         result["source_back_to_frames_s"] = None if None in gaps else round(max(gaps), 2)
+        result["source_back_to_frames_mean_s"] = None if None in gaps else round(float(np.mean(gaps)), 2)
     errors = [e for v in viewers for e in v.errors] + api_errors
     print(f"{args.clients} viewers + {args.rps:g} API req/s for {elapsed:.0f} s"
           f"{f', churn {args.churn:g} s' if args.churn else ''}: "
@@ -219,8 +263,9 @@ def main(argv=None):
         print(f"server memory after the first 10 s of load {warm_mem:.1f} MB -> at the end {mem1:.1f} MB "
               f"({mem1 - warm_mem:+.1f} MB)")
     if outage is not None:
-        print(f"source stopped for 5 s: every viewer had a real frame again "
-              f"{result['source_back_to_frames_s']} s after the source returned")
+        print(f"source stopped for 5 s: from the restarted source's first real frame, every viewer had a "
+              f"real frame within {result['source_back_to_frames_s']} s "
+              f"(mean {result['source_back_to_frames_mean_s']} s)")
     for e in sorted(set(errors))[:5]:
         print("  error:", e)
     if args.json:
