@@ -23,6 +23,7 @@ Every request goes to 127.0.0.1, and every loop stops at ``--seconds`` (with
 import argparse
 import http.client
 import json
+import multiprocessing
 import random
 import threading
 import time
@@ -48,7 +49,8 @@ class Viewer(threading.Thread):
     """Reads /video_feed until ``stop``; counts parts and errors, and times the real frames.
 
     ``real_times`` holds the ``time.monotonic()`` at which each part marked
-    ``X-Frame-Kind: frame`` arrived (not placeholders or keep-alives).
+    ``X-Frame-Kind: frame`` arrived (not placeholders or keep-alives),
+    ``connected_times`` when each of its connections was answered.
     """
 
     def __init__(self, port, stop, churn_s=0.0, headers=None):
@@ -56,6 +58,7 @@ class Viewer(threading.Thread):
         self.port, self.stop, self.churn_s, self.headers = port, stop, churn_s, headers or {}
         self.parts, self.errors, self.connections = 0, [], 0
         self.real_times = []
+        self.connected_times = []
 
     def run(self):
         while not self.stop.is_set():
@@ -77,6 +80,7 @@ class Viewer(threading.Thread):
                 self.errors.append(f"HTTP {response.status}")
                 time.sleep(0.5)
                 return
+            self.connected_times.append(time.monotonic())  # a gap is counted from here too
             tail = b""
             keep = len(BOUNDARY) + len(REAL) + 40  # enough to see a part's boundary and kind together
             while not self.stop.is_set() and (until is None or time.monotonic() < until):
@@ -90,6 +94,19 @@ class Viewer(threading.Thread):
                 tail = data[-keep:]
         finally:
             conn.close()
+
+
+def longest_gap(times, end):
+    """Longest time in seconds between consecutive ``times`` (sorted), or from the last one to ``end``."""
+    edges = sorted(times) + [end]
+    return max((b - a for a, b in zip(edges, edges[1:])), default=0.0)
+
+
+def hog(seconds):
+    """Spin one CPU until ``seconds`` have passed (a stand-in for other CPU-bound work)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 def first_real_frame(port, deadline_s=60.0):
@@ -162,6 +179,8 @@ def main(argv=None):
     p.add_argument("--churn", type=float, default=0.0, help="mean seconds a viewer stays before reconnecting")
     p.add_argument("--fail-source-at", type=float, help="stop the upstream source at this second, for 5 s")
     p.add_argument("--token", help="run the server with this access token; every request sends it")
+    p.add_argument("--hogs", type=int, default=0,
+                   help="also run this many CPU-bound processes for --seconds (oversubscription)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     auth = {"Authorization": f"Bearer {args.token}"} if args.token else {}
@@ -190,6 +209,9 @@ def main(argv=None):
         api = threading.Thread(target=api_load, args=(port, args.rps, stop, photo, latencies,
                                                       api_errors, auth), daemon=True) if args.rps else None
         started = time.monotonic()
+        hogs = [multiprocessing.Process(target=hog, args=(args.seconds,), daemon=True) for _ in range(args.hogs)]
+        for h in hogs:
+            h.start()
         for v in viewers:
             v.start()
         if api:
@@ -218,6 +240,9 @@ def main(argv=None):
         if api:
             api.join(15)
         elapsed = time.monotonic() - started
+        ended = time.monotonic()
+        for h in hogs:
+            h.join(5)
         time.sleep(2.0)
         mem1, threads1 = proc_status(server.pid)
     finally:
@@ -236,6 +261,10 @@ def main(argv=None):
         "api_requests": len(latencies),
         "api_ms": {q: round(float(np.percentile(latencies, int(q[1:]))), 1) for q in ("p50", "p95", "p99")}
         if latencies else None,
+        "api_ms_max": round(max(latencies), 1) if latencies else None,
+        # the longest any viewer went without a real frame (from its connection on)
+        "viewer_longest_gap_s": round(max(longest_gap(v.real_times + v.connected_times, ended) for v in viewers), 2),
+        "hogs": args.hogs,
         "server_rss_mb": [round(mem0, 1), round(mem1, 1)], "server_threads": [threads0, threads1],
         # after the first 10 s every viewer and the API path have allocated their buffers
         "server_rss_mb_warm": [round(warm_mem, 1), round(mem1, 1)] if warm_mem else None,
@@ -256,7 +285,9 @@ def main(argv=None):
           f"slowest {result['fps_per_viewer_min']} ({result['connections']} connections)")
     if latencies:
         print(f"API latency ms: p50 {result['api_ms']['p50']}, p95 {result['api_ms']['p95']}, "
-              f"p99 {result['api_ms']['p99']} ({len(latencies)} requests)")
+              f"p99 {result['api_ms']['p99']}, max {result['api_ms_max']} ({len(latencies)} requests)")
+    print(f"longest time a viewer went without a real frame: {result['viewer_longest_gap_s']} s"
+          f"{f' ({args.hogs} CPU hogs running)' if args.hogs else ''}")
     print(f"server memory {mem0:.1f} MB -> {mem1:.1f} MB ({mem1 - mem0:+.1f} MB), "
           f"threads {threads0} -> {threads1}")
     if warm_mem:
