@@ -210,17 +210,26 @@ def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, mak
     assert r["faces"][0]["label"] in ("Angry", "Happy", "Sad", "Neutral")
 
 
-def test_evaluate_json(tmp_path, csv_path, tiny_model_files, capsys):
+def test_evaluate_json(tmp_path, csv_path, capsys):
+    from classifier import save_model
     from train.evaluate import main
 
-    main(["--data", str(csv_path), "--split", "PublicTest", "--model", str(tiny_model_files[0]),
-          "--weights", str(tiny_model_files[1]), "--json", "--tta",
+    # A model that answers Happy (index 3) for every face, on 4 faces of each of the 7 classes: accuracy
+    # 4/28 = 1/7; Happy has precision 1/7, recall 1, F1 2 * (1/7) / (1/7 + 1) = 1/4, the others 0;
+    # macro-F1 (1/4) / 7; every row of the confusion matrix puts its 4 faces in the Happy column.
+    save_model(constant_model([0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1]), tmp_path / "m.json", tmp_path / "w.h5")
+    main(["--data", str(csv_path), "--split", "PublicTest", "--model", str(tmp_path / "m.json"),
+          "--weights", str(tmp_path / "w.h5"), "--json", "--tta",
           "--confusion-png", str(tmp_path / "cm.png")])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
-    assert result["n"] == 28 and 0 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1
+    assert result["n"] == 28
+    assert result["accuracy"] == pytest.approx(1 / 7) and result["macro_f1"] == pytest.approx(0.25 / 7)
+    assert result["per_class"]["Happy"] == pytest.approx({"precision": 1 / 7, "recall": 1, "f1": 0.25, "support": 4},
+                                                         abs=1e-4)
+    assert result["per_class"]["Sad"] == {"precision": 0, "recall": 0, "f1": 0, "support": 4}
     assert set(result["per_class"]) == set(FER2013_LABELS)
-    assert sum(map(sum, result["confusion"])) == 28
+    assert result["confusion"] == [[0, 0, 0, 4, 0, 0, 0]] * 7
     assert (tmp_path / "cm.png").stat().st_size > 1000
 
 
@@ -276,9 +285,10 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
     assert "`tflite-int8`: " in card and "server's `tflite-int8` inference path: accuracy" in card
 
 
-def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
+def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files, monkeypatch):
+    import train.__main__ as train_main
     from classifier import save_classic_weights
-    from train.__main__ import main, weights_width
+    from train.__main__ import main, make_dataset, weights_width
     from train.model import build_model
 
     build_model(7, width=4).save_weights(str(tmp_path / "w4.weights.h5"))  # Keras 3 layout: width not read
@@ -294,11 +304,31 @@ def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
     with pytest.raises(SystemExit) as e:
         main([*common, str(tmp_path / "none.h5"), "--checkpoint-dir", str(tmp_path / "c0")])
     assert "none.h5: no such file (--teacher)" in str(e.value)
-    # Classic-layout teachers of other widths than the student's.
-    main([*common, str(tiny_model_files[1]), str(tmp_path / "w6.h5"), "--width", "8", "--soft-weight", "0.3",
+    # Classic-layout teachers of other widths than the student's, each answering fixed probabilities
+    # p and q for every face: the targets must be 0.7 x the label + 0.3 x (p + q) / 2.
+    p, q = [0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1], [0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    save_classic_weights(constant_model(p, width=4), tmp_path / "p4.h5")
+    save_classic_weights(constant_model(q, width=6), tmp_path / "q6.h5")
+    seen = {}
+
+    def spy(images, labels, *args, targets=None, **kwargs):
+        if kwargs.get("augment") is not None:  # the training set, not the validation one
+            seen["labels"], seen["targets"] = labels, targets
+        return make_dataset(images, labels, *args, targets=targets, **kwargs)
+
+    monkeypatch.setattr(train_main, "make_dataset", spy)
+    main([*common, str(tmp_path / "p4.h5"), str(tmp_path / "q6.h5"), "--width", "8", "--soft-weight", "0.3",
           "--out", str(tmp_path / "ok"), "--checkpoint-dir", str(tmp_path / "c2")])
+    # the CSV's Training rows: 4 copies of the 7 fixture faces, in file-name order angry .. surprise
+    angry, happy, surprise = ([0.775, 0.03, 0.03, 0.075, 0.03, 0.03, 0.03],
+                              [0.075, 0.03, 0.03, 0.775, 0.03, 0.03, 0.03],
+                              [0.075, 0.03, 0.03, 0.075, 0.03, 0.73, 0.03])
+    assert seen["labels"][:7].tolist() == [0, 1, 2, 3, 6, 4, 5] and seen["targets"].shape == (28, 7)
+    np.testing.assert_allclose(seen["targets"][[0, 3, 6]], [angry, happy, surprise], atol=1e-5)
+    np.testing.assert_allclose(seen["targets"].sum(1), 1, atol=1e-5)
+    assert seen["targets"].dtype == np.float32
     card = (tmp_path / "ok" / "MODEL_CARD.md").read_text()
-    assert "--teacher model_weights.h5 w6.h5 --soft-weight 0.3" in card and "(distillation)" in card
+    assert "--teacher p4.h5 q6.h5 --soft-weight 0.3" in card and "(distillation)" in card
 
 
 def test_soft_targets_mix_label_and_teacher():
