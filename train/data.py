@@ -5,6 +5,10 @@ space-separated grey levels (a row-major 48x48 image), ``emotion`` the class
 index in FER2013 order, and ``Usage`` the split: ``Training``,
 ``PublicTest`` or ``PrivateTest`` (Goodfellow et al. 2013, "Challenges in
 Representation Learning").  The file may be gzip-compressed.
+
+Also the image-folder layout (``train/<class>/*.png``), whose selection split
+is a ``--val`` folder or a seeded, stratified part of ``train/``: never a
+``test/`` folder, which in Kaggle's copy mixes PublicTest and PrivateTest.
 """
 import csv
 import gzip
