@@ -36,6 +36,17 @@ def check_faces(data, n):
         assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
 
 
+def check_boxes(data, n, side=150):
+    """Each box, left to right, sits on the ``side`` px square ``photo`` drew its face on: centres within
+    20 px, sides 0.6 to 1.15 of the square's (the cascade frames the inner face, sometimes a bit more)."""
+    boxes = sorted(face["box"] for face in data["faces"])
+    assert len(boxes) == n
+    for i, (x, y, w, h) in enumerate(boxes):
+        cx, cy = 60 + i * (side + 60) + side / 2, 50 + side / 2
+        assert abs(x + w / 2 - cx) <= 20 and abs(y + h / 2 - cy) <= 20, boxes
+        assert 0.6 * side <= w <= 1.15 * side and 0.6 * side <= h <= 1.15 * side, boxes
+
+
 def test_predict_multipart(client, faces):
     body = photo(faces)
     r = client.post("/api/predict", data={"image": (io.BytesIO(body), "faces.jpg")})
@@ -43,6 +54,18 @@ def test_predict_multipart(client, faces):
     data = r.get_json()
     assert data["width"] == 480 and data["height"] == 250 and data["model"] == "fer_vgg4"
     check_faces(data, 2)
+    check_boxes(data, 2)
+
+
+def test_predict_with_the_shipped_model_names_the_expressions(faces, make_app):
+    client = make_app(Config(max_upload_bytes=2 * 1024 * 1024)).test_client()  # the shipped model
+    names = ("Disgust", "Neutral", "Surprise")  # faces it reads with probabilities near 0.6, 0.9, 0.85
+    r = client.post("/api/predict", data=photo(faces, names), content_type="image/jpeg")
+    assert r.status_code == 200
+    data = r.get_json()
+    check_faces(data, 3)
+    check_boxes(data, 3)
+    assert [f["label"] for f in sorted(data["faces"], key=lambda f: f["box"][0])] == list(names)
 
 
 def test_predict_raw_body(client, faces):
@@ -51,6 +74,7 @@ def test_predict_raw_body(client, faces):
     r = client.post("/api/predict", data=png.tobytes(), content_type="image/png")
     assert r.status_code == 200
     check_faces(r.get_json(), 1)
+    check_boxes(r.get_json(), 1)
 
 
 def test_no_face_is_an_empty_list(client):

@@ -2,6 +2,7 @@
 truncated files."""
 import time
 
+import cv2
 import numpy as np
 
 from config import Config
@@ -81,17 +82,54 @@ def test_client_arriving_while_the_thread_releases_gets_live_frames(make_camera,
     assert got == sorted(set(got)) and len(got) == 5
 
 
-def test_truncated_video_ends_cleanly(make_camera, pass_through, clip, tmp_path):
+def test_truncated_mp4_is_an_error_not_a_hang(make_camera, pass_through, clip, tmp_path):
+    # The clip's index (the mp4 "moov" box) is written at its end: the first half holds no playable frame.
     cut = tmp_path / "cut.mp4"
     data = clip.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     camera = make_camera(str(cut), pass_through, loop=False, pace=False)
-    frames = list(camera.frames())
-    assert camera.state in ("ended", "error")
-    assert len(frames) < 35
-    again = make_camera(str(cut), pass_through, loop=True, pace=False)
+    assert list(camera.frames()) == []
+    assert camera.state == "error"
+    again = make_camera(str(cut), pass_through, loop=True, pace=False)  # looping cannot help
     it = again.frames()
-    assert next(it, None) is None or again.running  # either nothing to play, or it keeps playing
+    assert next(it, None) is None
+    assert again.state == "error" and not again.running
+    it.close()
+
+
+def mjpeg_avi(clip, path):
+    """The clip re-encoded as Motion-JPEG AVI (header first, frames in file order); its frame count."""
+    cap = cv2.VideoCapture(str(clip))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    n = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        writer.write(frame)
+        n += 1
+    writer.release()
+    cap.release()
+    return n
+
+
+def test_truncated_video_plays_what_it_has_then_ends(make_camera, pass_through, clip, tmp_path):
+    avi, cut = tmp_path / "clip.avi", tmp_path / "cut.avi"
+    assert mjpeg_avi(clip, avi) == 35
+    data = avi.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # about half of the 35 similar-sized JPEG frames
+    decoded = []  # every frame the capture thread publishes (a slow reader may skip some)
+    camera = make_camera(str(cut), pass_through, loop=False, pace=False, on_frame=lambda f: decoded.append(f.seq))
+    list(camera.frames())
+    assert 12 <= len(decoded) <= 18, len(decoded)
+    assert camera.state == "ended"
+    assert decoded == list(range(1, len(decoded) + 1))
+    looped_seqs = []
+    looped = make_camera(str(cut), pass_through, loop=True, pace=False, on_frame=lambda f: looped_seqs.append(f.seq))
+    it = looped.frames()
+    while len(looped_seqs) < 2 * len(decoded) + 5:  # past the cut end, twice
+        next(it)
+    assert looped.state == "streaming" and looped.running
     it.close()
 
 

@@ -59,14 +59,36 @@ def test_video_feed_streams_jpeg_parts_and_frees_the_slot(serve, make_camera, pa
     assert wait_for(lambda: camera.clients == 0)
 
 
-def test_events_stream_the_faces(serve, make_camera, pass_through, clip):
-    camera = make_camera(str(clip), pass_through)
-    sock, head, body = open_stream(serve, camera, "/api/events", b"\n\n", count=3)
+def test_events_stream_the_faces(serve, make_camera, clip, tiny_model_files):
+    from builders import build_pipeline
+
+    model_path, weights_path = tiny_model_files
+    pipeline = build_pipeline(Config(model_path=model_path, weights_path=weights_path))
+    camera = make_camera(str(clip), pipeline)
+    sock, head, body = open_stream(serve, camera, "/api/events", b"\n\n", count=4)
     assert b"content-type: text/event-stream" in head
     assert b"retry: 2000\n\n" in body
-    data = body.split(b"data: ", 1)[1].split(b"\n\n")[0]
-    event = json.loads(data)
-    assert event["faces"] == [] and event["source"] == clip.name and event["frame"] >= 1
+    events = [json.loads(part.split(b"\n\n")[0]) for part in body.split(b"data: ")[1:3]]
+    assert len(events) == 2
+    for event in events:
+        assert event["source"] == clip.name and event["frame"] >= 1
+        # the clip shows one face, enlarged to 110 px or more, in each 320x240 frame
+        assert len(event["faces"]) == 1, event
+        face = event["faces"][0]
+        x, y, w, h = face["box"]
+        assert 0 <= x and 0 <= y and x + w <= 320 and y + h <= 240 and w >= 70 and h >= 70
+        assert face["label"] in ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+        assert len(face["probabilities"]) == 7
+    assert events[1]["frame"] > events[0]["frame"]
+    sock.close()
+    assert wait_for(lambda: camera.clients == 0)
+
+
+def test_events_of_a_face_free_pipeline_are_empty(serve, make_camera, pass_through, clip):
+    camera = make_camera(str(clip), pass_through)
+    sock, _, body = open_stream(serve, camera, "/api/events", b"\n\n", count=3)
+    event = json.loads(body.split(b"data: ", 1)[1].split(b"\n\n")[0])
+    assert event["faces"] == [] and event["source"] == clip.name
     sock.close()
     assert wait_for(lambda: camera.clients == 0)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from classifier import FER2013_LABELS, load_model
-from train.data import DataError, load_dataset, load_fer2013_csv
+from train.data import DataError, carve_validation, load_dataset, load_fer2013_csv, split_sources
 
 
 def fer_csv(faces, copies=4, usages=("Training", "PublicTest")):
@@ -19,6 +19,18 @@ def fer_csv(faces, copies=4, usages=("Training", "PublicTest")):
             for name, face in faces.items():
                 lines.append(f"{FER2013_LABELS.index(name)},{' '.join(map(str, face.ravel()))},{usage}")
     return "\n".join(lines) + "\n"
+
+
+def constant_model(probabilities, width=4):
+    """A ``train.model`` network that outputs ``probabilities`` (length 7) for every face: the final
+    layer's kernel is zero and its bias ``log(probabilities)``, so its softmax gives them back."""
+    from train.model import build_model
+
+    model = build_model(7, width=width)
+    head = model.get_layer("predictions")
+    head.kernel.assign(np.zeros(head.kernel.shape, np.float32))
+    head.bias.assign(np.log(np.asarray(probabilities, np.float32)))
+    return model
 
 
 @pytest.fixture
@@ -50,10 +62,70 @@ def test_csv_plain_and_gzip(tmp_path, csv_path, faces):
         np.testing.assert_array_equal(images[0], faces[FER2013_LABELS[labels[0]]])
 
 
-def test_image_folders(folder_path):
+def test_image_folders(folder_path, caplog):
+    # 2 images per class in train/: the 10% carve takes max(1, round(0.2)) = 1 of each for selection;
+    # the 14 images of test/ are read for nothing
     data, labels = load_dataset(folder_path, FER2013_LABELS)
-    assert labels == FER2013_LABELS
-    assert data["Training"][0].shape == (14, 48, 48) and len(data["PublicTest"][1]) == 14
+    assert labels == FER2013_LABELS and set(data) == {"Training", "Validation"}
+    assert data["Training"][0].shape == (7, 48, 48) and data["Training"][0].dtype == np.uint8
+    assert data["Validation"][0].shape == (7, 48, 48)
+    assert sorted(data["Training"][1]) == list(range(7)) and sorted(data["Validation"][1]) == list(range(7))
+    assert "test: not used for selection" in caplog.text
+
+
+def grey_folders(root, counts, labels=("Angry", "Happy", "Sad")):
+    """``root/<class>/NN.png`` for ``{class: n}``: image NN of class c (its index in ``labels``) is flat
+    grey ``50 * c + NN``."""
+    for name, n in counts.items():
+        c = labels.index(name)
+        (root / name.lower()).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / name.lower() / f"{i:02d}.png"), np.full((48, 48), 50 * c + i, np.uint8))
+    return root
+
+
+def test_validation_is_carved_from_train_stratified_and_seeded(tmp_path, caplog):
+    labels = ("Angry", "Happy", "Sad")
+    grey_folders(tmp_path / "train", {"Angry": 10, "Happy": 20, "Sad": 5})
+    grey_folders(tmp_path / "test", {"Angry": 3, "Happy": 3, "Sad": 3})  # Kaggle's: never selected on
+    data, _ = load_dataset(tmp_path, labels)
+    (x_train, y_train), (x_val, y_val) = data["Training"], data["Validation"]
+    # 10% of 10, 20, 5 is 1, 2 and round(0.5) = 0, raised to 1: 4 for selection, 31 for training
+    assert np.bincount(y_val, minlength=3).tolist() == [1, 2, 1]
+    assert np.bincount(y_train, minlength=3).tolist() == [9, 18, 4]
+    grey = lambda x: sorted(int(v) for v in x[:, 0, 0])  # noqa: E731 - an image's name is its grey level
+    everything = list(range(0, 10)) + list(range(50, 70)) + list(range(100, 105))
+    assert sorted(grey(x_train) + grey(x_val)) == everything  # each image in exactly one split
+    for x, y in ((x_train, y_train), (x_val, y_val)):  # with its own label
+        assert (x[:, 0, 0] // 50 == y).all()
+    assert "not used for selection" in caplog.text
+    again, _ = load_dataset(tmp_path, labels)
+    np.testing.assert_array_equal(again["Validation"][0], x_val)  # the same seed, the same split
+    picks = {tuple(grey(load_dataset(tmp_path, labels, seed=seed)[0]["Validation"][0])) for seed in range(5)}
+    assert len(picks) > 1  # the seed decides which faces are held out
+    (x_t, y_t), (x_v, y_v) = carve_validation(x_train, y_train, fraction=0.25, seed=3)
+    assert np.bincount(y_v).tolist() == [2, 4, 1] and np.bincount(y_t).tolist() == [7, 14, 3]
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        carve_validation(x_train, y_train, fraction=1.0)
+
+
+def test_explicit_val_folder_and_split_sources(tmp_path, csv_path):
+    labels = ("Angry", "Happy", "Sad")
+    grey_folders(tmp_path / "data" / "train", {"Angry": 4, "Happy": 4, "Sad": 4})
+    grey_folders(tmp_path / "picked", {"Happy": 3, "Sad": 2})  # a class may be missing
+    data, _ = load_dataset(tmp_path / "data", labels, val=tmp_path / "picked")
+    assert len(data["Training"][1]) == 12  # all of train/
+    assert data["Validation"][1].tolist() == [1, 1, 1, 2, 2]
+    assert sorted(int(v) for v in data["Validation"][0][:, 0, 0]) == [50, 51, 52, 100, 101]
+    with pytest.raises(DataError, match="nowhere: no such folder"):
+        load_dataset(tmp_path / "data", labels, val=tmp_path / "nowhere")
+    with pytest.raises(DataError, match="--val is for the image-folder layout"):
+        load_dataset(csv_path, FER2013_LABELS, val=tmp_path / "picked")
+    assert split_sources(csv_path) == {"Training": "the Training rows of `fer2013.csv`",
+                                       "PublicTest": "the PublicTest rows of `fer2013.csv`"}
+    assert split_sources(tmp_path / "data", tmp_path / "picked")["Validation"] == "the folder `picked/` (--val)"
+    assert split_sources(tmp_path / "data", seed=7)["Validation"].startswith("10% of each class of `data/train/`, "
+                                                                            "drawn with seed 7")
 
 
 @pytest.mark.parametrize("text, words", [
@@ -99,7 +171,7 @@ def test_cli_bad_input_exits_nonzero(tmp_path, capsys):
     assert "missing.csv: no such file" in str(e.value)
 
 
-def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, make_app, clip):
+def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, make_app, clip, capsys):
     from config import Config
     from train.__main__ import main
 
@@ -118,7 +190,11 @@ def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, mak
     with h5py.File(out / "model_weights.h5") as f:  # classic layout, float32
         assert "layer_names" in f.attrs and f["block1_conv1"]["block1_conv1/kernel:0"].dtype == np.float32
     card = (out / "MODEL_CARD.md").read_text()
-    assert "PublicTest results" in card and "old card" not in card
+    assert "## Validation results" in card and "PublicTest results" not in card and "old card" not in card
+    # 2 faces of each of the 4 classes in train/: 1 each trains, 1 each selects; test/ is not used
+    assert "Training: 4 faces" in capsys.readouterr().out
+    assert ("selected on Validation (4 faces): 10% of each class of `kaggle/train/`, drawn with seed 1" in card)
+    assert "--val-fraction 0.1 --seed 1" in card
     assert len(list((tmp_path / "ckpt/epochs").glob("*.weights.h5"))) == 2
     assert "2 epochs, 1 to 2" in card  # the mean weights were tried, and the card says which won
     assert card.endswith(f"{NOTES_MARKER}\nwhat we tried\n")  # hand-written notes kept
@@ -129,21 +205,31 @@ def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, mak
     page = client.get("/").get_data(as_text=True)
     assert '["Angry", "Happy", "Sad", "Neutral"]' in page
     r = client.post("/api/predict", data=face.tobytes(), content_type="image/png").get_json()
-    for found in r["faces"]:
-        assert list(found["probabilities"]) == ["Angry", "Happy", "Sad", "Neutral"]
+    assert len(r["faces"]) == 1  # the Happy fixture face, enlarged to 200 px, is found
+    assert list(r["faces"][0]["probabilities"]) == ["Angry", "Happy", "Sad", "Neutral"]
+    assert r["faces"][0]["label"] in ("Angry", "Happy", "Sad", "Neutral")
 
 
-def test_evaluate_json(tmp_path, csv_path, tiny_model_files, capsys):
+def test_evaluate_json(tmp_path, csv_path, capsys):
+    from classifier import save_model
     from train.evaluate import main
 
-    main(["--data", str(csv_path), "--split", "PublicTest", "--model", str(tiny_model_files[0]),
-          "--weights", str(tiny_model_files[1]), "--json", "--tta",
+    # A model that answers Happy (index 3) for every face, on 4 faces of each of the 7 classes: accuracy
+    # 4/28 = 1/7; Happy has precision 1/7, recall 1, F1 2 * (1/7) / (1/7 + 1) = 1/4, the others 0;
+    # macro-F1 (1/4) / 7; every row of the confusion matrix puts its 4 faces in the Happy column.
+    save_model(constant_model([0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1]), tmp_path / "m.json", tmp_path / "w.h5")
+    main(["--data", str(csv_path), "--split", "PublicTest", "--model", str(tmp_path / "m.json"),
+          "--weights", str(tmp_path / "w.h5"), "--json", "--tta",
           "--confusion-png", str(tmp_path / "cm.png")])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
-    assert result["n"] == 28 and 0 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1
+    assert result["n"] == 28
+    assert result["accuracy"] == pytest.approx(1 / 7) and result["macro_f1"] == pytest.approx(0.25 / 7)
+    assert result["per_class"]["Happy"] == pytest.approx({"precision": 1 / 7, "recall": 1, "f1": 0.25, "support": 4},
+                                                         abs=1e-4)
+    assert result["per_class"]["Sad"] == {"precision": 0, "recall": 0, "f1": 0, "support": 4}
     assert set(result["per_class"]) == set(FER2013_LABELS)
-    assert sum(map(sum, result["confusion"])) == 28
+    assert result["confusion"] == [[0, 0, 0, 4, 0, 0, 0]] * 7
     assert (tmp_path / "cm.png").stat().st_size > 1000
 
 
@@ -199,9 +285,10 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
     assert "`tflite-int8`: " in card and "server's `tflite-int8` inference path: accuracy" in card
 
 
-def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
+def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files, monkeypatch):
+    import train.__main__ as train_main
     from classifier import save_classic_weights
-    from train.__main__ import main, weights_width
+    from train.__main__ import main, make_dataset, weights_width
     from train.model import build_model
 
     build_model(7, width=4).save_weights(str(tmp_path / "w4.weights.h5"))  # Keras 3 layout: width not read
@@ -217,11 +304,31 @@ def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files):
     with pytest.raises(SystemExit) as e:
         main([*common, str(tmp_path / "none.h5"), "--checkpoint-dir", str(tmp_path / "c0")])
     assert "none.h5: no such file (--teacher)" in str(e.value)
-    # Classic-layout teachers of other widths than the student's.
-    main([*common, str(tiny_model_files[1]), str(tmp_path / "w6.h5"), "--width", "8", "--soft-weight", "0.3",
+    # Classic-layout teachers of other widths than the student's, each answering fixed probabilities
+    # p and q for every face: the targets must be 0.7 x the label + 0.3 x (p + q) / 2.
+    p, q = [0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1], [0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    save_classic_weights(constant_model(p, width=4), tmp_path / "p4.h5")
+    save_classic_weights(constant_model(q, width=6), tmp_path / "q6.h5")
+    seen = {}
+
+    def spy(images, labels, *args, targets=None, **kwargs):
+        if kwargs.get("augment") is not None:  # the training set, not the validation one
+            seen["labels"], seen["targets"] = labels, targets
+        return make_dataset(images, labels, *args, targets=targets, **kwargs)
+
+    monkeypatch.setattr(train_main, "make_dataset", spy)
+    main([*common, str(tmp_path / "p4.h5"), str(tmp_path / "q6.h5"), "--width", "8", "--soft-weight", "0.3",
           "--out", str(tmp_path / "ok"), "--checkpoint-dir", str(tmp_path / "c2")])
+    # the CSV's Training rows: 4 copies of the 7 fixture faces, in file-name order angry .. surprise
+    angry, happy, surprise = ([0.775, 0.03, 0.03, 0.075, 0.03, 0.03, 0.03],
+                              [0.075, 0.03, 0.03, 0.775, 0.03, 0.03, 0.03],
+                              [0.075, 0.03, 0.03, 0.075, 0.03, 0.73, 0.03])
+    assert seen["labels"][:7].tolist() == [0, 1, 2, 3, 6, 4, 5] and seen["targets"].shape == (28, 7)
+    np.testing.assert_allclose(seen["targets"][[0, 3, 6]], [angry, happy, surprise], atol=1e-5)
+    np.testing.assert_allclose(seen["targets"].sum(1), 1, atol=1e-5)
+    assert seen["targets"].dtype == np.float32
     card = (tmp_path / "ok" / "MODEL_CARD.md").read_text()
-    assert "--teacher model_weights.h5 w6.h5 --soft-weight 0.3" in card and "(distillation)" in card
+    assert "--teacher p4.h5 q6.h5 --soft-weight 0.3" in card and "(distillation)" in card
 
 
 def test_soft_targets_mix_label_and_teacher():
@@ -256,3 +363,28 @@ def test_widening_keeps_the_function(tmp_path, tiny_model_files, faces, capsys):
     again.load_weights(str(tmp_path / "wide.h5"))
     np.testing.assert_allclose(again(x).numpy(), narrow(x).numpy(), atol=1e-5)
     assert "parameters" in capsys.readouterr().out
+
+
+def test_a_tiny_model_learns_the_fixture_faces(tmp_path, faces):
+    """15 epochs on 4 copies of the 7 fixture faces, no augmentation: a width-4 network must learn them.
+    An untrained one answers one class for every face: 1 of 7 right."""
+    import csv
+
+    from classifier import Classifier
+    from train.__main__ import main
+
+    (tmp_path / "f.csv").write_text(fer_csv(faces, copies=4))
+    out = tmp_path / "m"
+    main(["--data", str(tmp_path / "f.csv"), "--out", str(out), "--epochs", "15", "--batch-size", "7",
+          "--width", "4", "--augment", "0", "--lr", "0.02", "--label-smoothing", "0", "--weight-decay", "0",
+          "--patience", "100", "--precision", "float32", "--checkpoint-dir", str(tmp_path / "c")])
+    with open(out / "training_history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 15
+    first_loss, last_loss = float(history[0]["loss"]), float(history[-1]["loss"])
+    assert last_loss < 0.3 * first_loss, (first_loss, last_loss)
+    assert max(float(row["accuracy"]) for row in history[-3:]) >= 0.9  # of the 28 training faces
+    classifier = Classifier.from_files(out / "model.json", out / "model_weights.h5")
+    x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255
+    right = sum(FER2013_LABELS[i] == name for i, name in zip(classifier.predict(x).argmax(1), faces))
+    assert right >= 5, right

@@ -4,15 +4,21 @@
     python -m train --data path/to/kaggle_folders --classes Angry,Happy,Sad,Neutral --out my_model
 
 Reads the Kaggle FER2013 CSV (plain or gzip) or the Kaggle image-folder
-layout (``train/<class>/*.png``, ``test/<class>/...``), trains ``train.model`` on the
-``Training`` rows with data augmentation, selects the epoch with the best
-``PublicTest`` accuracy, recomputes its batch-norm statistics on the clean
+layout (``train/<class>/*.png``), trains ``train.model`` on the ``Training``
+rows (or ``train/``) with data augmentation, selects the epoch with the best
+accuracy on the selection split, recomputes its batch-norm statistics on the clean
 Training faces (and, with ``--average-last``, averages the last epochs'
 weights) if that scores better, and writes ``model.json`` + ``model_weights.h5``
 (classic HDF5 layout, the class names inside model.json), the per-epoch
 history as CSV, the training curves as a PNG (livelossplot) and a model card
-with the PublicTest figures into ``--out``.  The model files are written only
+with the selection split's figures into ``--out``.  The model files are written only
 when training finishes.
+
+The selection split is ``PublicTest`` for the CSV.  For image folders it is
+``--val FOLDER`` (``<class>/`` folders) or, without it, a stratified,
+seeded ``--val-fraction`` of each class of ``train/``.  A ``test/`` folder
+is never used for selection: Kaggle's holds PublicTest and PrivateTest
+together.  The model card records where each split came from.
 
 Checkpoints live outside the work tree (``--checkpoint-dir``, by default
 ``~/.cache/fer-server/train``).  An interrupted run, killed at any point,
@@ -28,12 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from train.data import DataError, load_dataset
+from train.data import VAL_FRACTION, DataError, load_dataset, split_sources
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="FER2013 CSV (plain or .gz) or image-folder root")
+    p.add_argument("--val", metavar="FOLDER",
+                   help="image-folder layout only: select on this folder of <class>/ folders instead of a "
+                        "part of train/ (a test/ folder next to train/ is never used for selection)")
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
+                   help="image-folder layout without --val: share of each class of train/ set aside for "
+                        "selection, drawn with --seed (default %(default)s)")
     p.add_argument("--classes", help="comma-separated subset of the FER2013 classes, in output order")
     p.add_argument("--out", default=".", help="where model.json, model_weights.h5 and the curves go")
     p.add_argument("--epochs", type=int, default=40)
@@ -46,10 +58,10 @@ def parse_args(argv=None):
                    help="augmentation strength: rotation 15*S deg, shift and zoom 10*S%% and 15*S%%, "
                         "contrast 30*S%% (flips always); 0 keeps only the flips")
     p.add_argument("--patience", type=int, default=12,
-                   help="stop after this many epochs without a better PublicTest accuracy")
+                   help="stop after this many epochs without a better accuracy on the selection split")
     p.add_argument("--average-last", type=int, default=0, metavar="N",
                    help="also try the mean of the weights of the last N epochs (stochastic weight "
-                        "averaging); whichever of it and the best epoch is better on PublicTest is saved")
+                        "averaging); whichever of it and the best epoch is better on the selection split is saved")
     p.add_argument("--init-weights", metavar="H5",
                    help="start from these weights (classic model_weights.h5 or .weights.h5 of the same "
                         "architecture and --width) instead of random ones: fine-tune a trained model "
@@ -66,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--export-best", action="store_true",
                    help="do not train: write the model files from the checkpoints in --checkpoint-dir "
                         "(the best epoch, with or without recomputed batch-norm statistics, or with "
-                        "--average-last the mean weights, whichever scores best on PublicTest)")
+                        "--average-last the mean weights, whichever scores best on the selection split)")
     p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default="auto",
                    help="auto: mixed_bfloat16 on CPUs with bfloat16 instructions (AMX or AVX512_BF16), "
                         "where it is faster, else float32")
@@ -206,13 +218,17 @@ def main(argv=None):
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     try:
-        data, labels = load_dataset(args.data, FER2013_LABELS, classes)
-    except DataError as e:
+        data, labels = load_dataset(args.data, FER2013_LABELS, classes, val=args.val,
+                                    val_fraction=args.val_fraction, seed=args.seed)
+    except (DataError, ValueError) as e:
         sys.exit(f"error: {e}")
-    if "Training" not in data or "PublicTest" not in data:
-        sys.exit(f"error: {args.data} needs Training and PublicTest rows")
-    (x_train, y_train), (x_val, y_val) = data["Training"], data["PublicTest"]
-    print(f"Training: {len(x_train)} faces, PublicTest: {len(x_val)} faces", flush=True)
+    sources = split_sources(args.data, args.val, args.val_fraction, args.seed)
+    val_split = next(split for split in sources if split != "Training")  # PublicTest or Validation
+    if "Training" not in data or val_split not in data or not len(data[val_split][1]):
+        sys.exit(f"error: {args.data} needs Training and {val_split} faces")
+    (x_train, y_train), (x_val, y_val) = data["Training"], data[val_split]
+    print(f"Training: {len(x_train)} faces ({sources['Training']}), {val_split}: {len(x_val)} faces "
+          f"({sources[val_split]})", flush=True)
 
     import keras
     from livelossplot import PlotLossesKeras
@@ -277,7 +293,7 @@ def main(argv=None):
             took = time.perf_counter() - self.start
             left = (args.epochs - epoch - 1) * took
             print(f"epoch {epoch + 1}/{args.epochs}: {took:.0f} s, {len(x_train) / took:.0f} images/s, "
-                  f"PublicTest accuracy {logs['val_accuracy']:.4f}, ETA {left / 60:.0f} min", flush=True)
+                  f"{val_split} accuracy {logs['val_accuracy']:.4f}, ETA {left / 60:.0f} min", flush=True)
 
     class SaveLastEpochs(keras.callbacks.Callback):
         """Keep the weights of each of the last ``--average-last`` epochs for averaging."""
@@ -334,18 +350,18 @@ def main(argv=None):
     scores = [float((predict(Classifier(m, labels, backend="tf.function"), x_val).argmax(1) == y_val).mean())
               for _, m in candidates]
     for (name, _), score in zip(candidates, scores):
-        print(f"PublicTest accuracy of {name}: {score:.4f}")
+        print(f"{val_split} accuracy of {name}: {score:.4f}")
     pick = int(np.argmax(scores))  # the first of equals: the plainer model
     final = candidates[pick][1]
-    weights_note = f"{candidates[pick][0]} (PublicTest {scores[pick]:.4f}; " + "; ".join(
+    weights_note = f"{candidates[pick][0]} ({val_split} {scores[pick]:.4f}; " + "; ".join(
         f"{name}: {score:.4f}" for i, ((name, _), score) in enumerate(zip(candidates, scores)) if i != pick) + ")"
     save_model(final, out / "model.json", out / "model_weights.h5", labels)
     for name in ("history.csv", "curves.png"):
         if (ckpt / name).exists():
             shutil.copy(ckpt / name, out / f"training_{name}")
     card = write_model_card(out / "MODEL_CARD.md", Classifier(final, labels), x_val, y_val, args,
-                            history_csv, precision, weights_note)
-    print(f"PublicTest accuracy of the saved model: {card['accuracy']:.4f} "
+                            history_csv, precision, weights_note, sources=sources)
+    print(f"{val_split} accuracy of the saved model: {card['accuracy']:.4f} "
           f"({card['tta']['accuracy']:.4f} with flip TTA), macro-F1 {card['macro_f1']:.4f}")
     print(f"wrote {out / 'model.json'}, {out / 'model_weights.h5'} and {out / 'MODEL_CARD.md'}")
 

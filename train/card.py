@@ -12,17 +12,29 @@ from train.model import AUGMENTATION
 NOTES_MARKER = "<!-- hand-written notes: kept when the card is rewritten -->"
 
 
-def write_model_card(path, classifier, images, labels, args, history_csv, precision, weights_note="the best epoch"):
-    """Evaluate on the validation split (PublicTest) and write the card as Markdown.
+def write_model_card(path, classifier, images, labels, args, history_csv, precision, weights_note="the best epoch",
+                     sources=None):
+    """Evaluate on the selection split and write the card as Markdown.
 
     If ``path`` exists and holds ``NOTES_MARKER``, the part from the marker
     on is kept at the end of the new card.
+
+    Args:
+        images, labels: the selection split, ``(N, 48, 48)`` uint8 and ``(N,)`` int.
+        sources: ``{"Training": text, split name: text}`` from
+            ``train.data.split_sources``: where each split came from, recorded
+            on the card; the second key names the selection split (default:
+            PublicTest of the CSV ``args.data``).
 
     Returns:
         The plain ``train.evaluate.metrics`` dict with a ``tta`` entry
         holding the flip test-time-augmentation figures.
     """
     names = classifier.labels
+    if sources is None:
+        sources = {"Training": f"the Training rows of `{Path(args.data).name}`",
+                   "PublicTest": f"the PublicTest rows of `{Path(args.data).name}`"}
+    split = next(name for name in sources if name != "Training")
     plain = metrics(labels, predict(classifier, images).argmax(1), names)
     plain["tta"] = metrics(labels, predict(classifier, images, tta=True).argmax(1), names)
     served = Classifier(classifier.model, names, backend=Config.backend)  # the server's inference path
@@ -46,9 +58,10 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         "(classic Keras HDF5 weights layout, float32).",
         "",
         "## Training",
-        f"- Data: `{Path(args.data).name}`; trained on the Training split, epoch selected on PublicTest "
-        f"({plain['n']} faces), so the PublicTest figures below are slightly optimistic; PrivateTest "
-        "never used.",
+        f"- Data: `{Path(args.data).name}`; trained on {sources['Training']}; epoch and weights selected on "
+        f"{split} ({plain['n']} faces): {sources[split]}, so the {split} figures below are slightly "
+        "optimistic; " + ("PrivateTest never used." if split == "PublicTest" else
+                          "a test/ folder (Kaggle's holds PublicTest and PrivateTest together) never used."),
         f"- Recipe: {args.epochs} epochs planned, batch {args.batch_size}, AdamW (peak lr {args.lr}, "
         f"weight decay {args.weight_decay}), linear warm-up then cosine decay, label smoothing "
         f"{args.label_smoothing}, "
@@ -71,9 +84,12 @@ def write_model_card(path, classifier, images, labels, args, history_csv, precis
         + (f" --init-weights {Path(args.init_weights).name}" if args.init_weights else "")
         + (f" --teacher {' '.join(Path(t).name for t in args.teacher)} --soft-weight {args.soft_weight:g}"
            if args.teacher else "")
-        + (f" --classes {args.classes}" if args.classes else "") + "`",
+        + (f" --classes {args.classes}" if args.classes else "")
+        + (f" --val {Path(args.val).name}" if getattr(args, "val", None) else "")
+        + (f" --val-fraction {args.val_fraction:g} --seed {args.seed}"
+           if split == "Validation" and not getattr(args, "val", None) else "") + "`",
         "",
-        "## PublicTest results",
+        f"## {split} results",
         f"- Accuracy {plain['accuracy']:.4f}, macro-F1 {plain['macro_f1']:.4f} (single model, no TTA).",
         f"- With flip test-time augmentation: accuracy {plain['tta']['accuracy']:.4f}, "
         f"macro-F1 {plain['tta']['macro_f1']:.4f}.",

@@ -1,0 +1,90 @@
+"""Smoke tests of the benchmarks: each runs a second or two on the fixture clip and prints sane figures."""
+import json
+
+import pytest
+
+from train.model import build_model
+
+CLIP_FRAMES = 35  # tests/fixtures/clip.mp4: 35 frames of 320x240 at 10 fps, one face in each
+
+
+def last_json(text):
+    """The last line of ``text``, parsed as JSON."""
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_bench_fast_and_baseline_pipelines(clip, tiny_model_files, capsys):
+    from bench.__main__ import main
+
+    model_path, weights_path = tiny_model_files
+    main(["--source", str(clip), "--seconds", "0.5", "--baseline", "--json", "--detect-every", "1",
+          "--model", str(model_path), "--weights", str(weights_path)])
+    out = capsys.readouterr().out
+    assert f"clip.mp4: 320x240, {CLIP_FRAMES} frames at 10 fps; detect_every=1" in out
+    result = last_json(out)
+    assert result["video"] == "clip.mp4" and result["size"] == "320x240" and result["video_fps"] == 10
+    # the fast path runs at least one whole pass; the first pass sees the one face of every frame
+    assert result["frames"] >= CLIP_FRAMES and result["pass_frames"] == CLIP_FRAMES
+    assert result["frames_with_face"] == CLIP_FRAMES and result["faces_classified"] == CLIP_FRAMES
+    assert result["fps"] > 0 and 0 < result["p50_ms"] <= result["p95_ms"]
+    assert set(result["stages"]) == {"decode", "detect", "classify", "draw", "encode"}
+    baseline = result["baseline"]
+    assert baseline["frames"] == CLIP_FRAMES and baseline["pass_frames"] == CLIP_FRAMES  # exactly one pass
+    assert baseline["frames_with_face"] == CLIP_FRAMES and baseline["faces_classified"] == CLIP_FRAMES
+    assert result["speedup"] == pytest.approx(result["fps"] / baseline["fps"], rel=0.02)
+
+
+def test_bench_refuses_a_file_that_is_not_a_video(tmp_path):
+    from bench.__main__ import main
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    with pytest.raises(SystemExit, match="junk.mp4 is not a video OpenCV can decode"):
+        main(["--source", str(junk)])
+
+
+def test_bench_inference_times_every_backend(tiny_model_files, capsys):
+    from bench.inference import main
+    from classifier import Classifier
+
+    main(["--model", str(tiny_model_files[0]), "--weights", str(tiny_model_files[1]), "--seconds", "0.05",
+          "--json"])
+    out = capsys.readouterr().out
+    result = last_json(out)
+    assert result["model"] == "fer_vgg4" and result["parameters"] == build_model(7, width=4).count_params()
+    assert set(result) == {"model", "parameters", *Classifier.BACKENDS}
+    for backend in Classifier.BACKENDS:
+        assert result[backend]["ms_per_face_batch1"] > 0 and result[backend]["faces_per_s_batch32"] > 0
+        assert f"{backend:12s} batch 1: " in out
+
+
+def test_bench_clients_serves_the_clip_through_main_py(clip, tiny_model_files, capsys):
+    """``main.py`` in a subprocess: ``run_clients`` terminates it in a ``finally``."""
+    from bench.clients import main
+
+    main(["--source", str(clip), "--clients", "1,2", "--seconds", "1",
+          "--model", str(tiny_model_files[0]), "--weights", str(tiny_model_files[1])])
+    out = capsys.readouterr().out
+    result = last_json(out)
+    assert result["source"] == str(clip) and result["startup_s"] > 0
+    assert [run["clients"] for run in result["runs"]] == [1, 2]
+    for run in result["runs"]:
+        # the clip plays at 10 fps: each client gets frames, and none more than the source gives
+        assert 0 < run["fps_per_client_min"] <= run["fps_per_client_mean"] <= 12
+        assert run["server_cpu_percent"] > 0
+    assert "first frame" in out and "2 client(s)" in out
+
+
+def test_bench_load_with_viewers_and_api_requests(clip, capsys):
+    """``main.py`` (the shipped model) in a subprocess, 2 viewers and 2 API requests per second for 2 s."""
+    from bench.load import main
+
+    main(["--source", str(clip), "--clients", "2", "--rps", "2", "--seconds", "2", "--json"])
+    out = capsys.readouterr().out
+    result = last_json(out)
+    assert result["clients"] == 2 and result["rps"] == 2 and result["seconds"] >= 2
+    assert result["viewer_errors"] == 0 and result["api_errors"] == 0, out
+    assert result["connections"] == 2 and result["fps_per_viewer_min"] > 0
+    assert result["api_requests"] >= 2 and 0 < result["api_ms"]["p50"] <= result["api_ms"]["p99"]
+    assert len(result["samples"]) >= 1 and all(rss > 0 for rss in result["server_rss_mb"])
+    assert "2 viewers + 2 API req/s" in out and "0 viewer errors, 0 API errors" in out
