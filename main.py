@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from batch import add_batch_arguments, run_from_args
 from config import BACKENDS, Config
 
 
@@ -38,6 +39,7 @@ def parse_args(argv=None):
                                     "annotated to this file (.mp4 or .avi)")
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
                                  "per frame to this CSV file")
+    add_batch_arguments(p)
     return p.parse_args(argv)
 
 
@@ -69,6 +71,8 @@ def main(argv=None):
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     limit_malloc_arenas()  # before TensorFlow and the server start their threads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    if args.csv_dir:
+        return run_from_args(args, config_from_args(args))
     if args.output or args.csv:
         return analyse(args)
     from app import create_app  # deferred: --help should not wait for TensorFlow
