@@ -78,7 +78,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
             csv_file = open(temporaries[-1][0], "w", newline="", encoding="utf-8")
             table = csv.writer(csv_file)
             table.writerow(CSV_COLUMNS + tuple(name.lower() for name in labels))
-        pipeline.reset()
+        pipeline.reset(restart_ids=True)  # face ids from 1, whatever this process analysed before
         counts = Counter()
         frames = frames_with_face = 0
         confidence_sum = 0.0

@@ -443,7 +443,7 @@ def write_summary(path, rows, labels):
 
 
 def run_batch(source, csv_dir, output_dir=None, workers=None, ray_address=None, force=False,
-              retry_errors=False, config=Config(), progress=True, out=sys.stdout):
+              retry_errors=False, config=Config(), progress=True, out=None):
     """Analyse every video of ``source`` into per-video CSVs and ``csv_dir/summary.csv``.
 
     Args:
@@ -459,7 +459,7 @@ def run_batch(source, csv_dir, output_dir=None, workers=None, ray_address=None, 
         retry_errors: redo videos recorded as errors though unchanged.
         config: model, backend and detector settings.
         progress: a tqdm bar over videos on stderr, with frames/s and ETA.
-        out: where the closing summary line goes.
+        out: where the closing summary line goes (None: ``sys.stdout``).
 
     Returns:
         The exit code: 0 when every video is ``ok``, 1 when some are
@@ -468,7 +468,7 @@ def run_batch(source, csv_dir, output_dir=None, workers=None, ray_address=None, 
     """
     from tqdm import tqdm
 
-    started = time.perf_counter()
+    started, out = time.perf_counter(), out or sys.stdout
     try:
         if workers is not None and workers < 0:
             raise BatchInputError(f"--workers must be 0 or more, not {workers}")
