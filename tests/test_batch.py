@@ -250,3 +250,19 @@ def test_ray_gives_the_same_files_and_rows(pooled, tmp_path, config, local_ray):
     assert run_batch(videos, tmp_path, ray_address="", config=config, progress=False, out=io.StringIO()) == 1
     assert {k: v for k, v in mtimes(tmp_path).items() if k != "summary.csv"} == \
         {k: v for k, v in before.items() if k != "summary.csv"}
+
+
+def test_local_path_and_server_never_import_ray(tmp_path, clip, tiny_model_files):
+    import subprocess
+    import sys
+
+    shutil.copy(clip, tmp_path / "a.mp4")
+    code = ("import sys, main, app, server, batch\n"
+            f"assert main.main(['--source', {str(tmp_path)!r}, '--csv-dir', {str(tmp_path / 'out')!r}, "
+            f"'--workers', '0', '--model', {str(tiny_model_files[0])!r}, "
+            f"'--weights', {str(tiny_model_files[1])!r}]) == 0\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "a.csv").is_file()
