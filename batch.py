@@ -290,7 +290,10 @@ def _init_pool_worker(config, labels):
 
 
 def _pool_task(job):
-    return process_video(job, _worker["pipeline"], _worker["labels"])
+    try:
+        return process_video(job, _worker["pipeline"], _worker["labels"])
+    except KeyboardInterrupt:  # its temporaries are removed; exit before the pool hands over the next video
+        os._exit(130)
 
 
 class RayVideoWorker:
