@@ -11,7 +11,10 @@ analysed per second of wall time, start-up included (worker start and model
 loading; for Ray, not ``ray.init``, which is timed apart as ``ray_init_s``).
 Peak memory is the summed resident set of this process's descendants
 (workers; for Ray also its GCS, raylet and actors), sampled every 0.2 s.
-The last line is JSON; ``identical`` says whether every per-video CSV and
+CPU time (this process and its reaped children: serial and pool only, as
+Ray's workers are not this process's children) gives frames per core-second
+(``*_frames_per_cpu_s``), which other load on the machine does not change
+much.  The last line is JSON; ``identical`` says whether every per-video CSV and
 every summary row (but its ``seconds``) came out the same in all three runs.
 """
 import argparse
@@ -19,6 +22,7 @@ import csv
 import io
 import json
 import os
+import resource
 import tempfile
 import threading
 import time
@@ -82,18 +86,24 @@ def same_outputs(folders):
         (Path(f) / name).read_bytes() == (first / name).read_bytes() for f in folders for name in names)
 
 
+def cpu_seconds():
+    """User + system CPU seconds of this process and of its children that have been waited for."""
+    return sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
 def timed_run(source, out, config, **kwargs):
-    """``run_batch`` with ``force``: ``(wall seconds, frames of ok videos, peak MB, exit code)``."""
+    """``run_batch`` with ``force``: ``(wall seconds, frames of ok videos, peak MB, CPU seconds)``."""
     from batch import run_batch
 
     printed = io.StringIO()
     with PeakMemory() as memory:
-        started = time.perf_counter()
-        code = run_batch(source, out, force=True, config=config, progress=False, out=printed, **kwargs)
-        wall = time.perf_counter() - started
+        started, cpu = time.perf_counter(), cpu_seconds()
+        run_batch(source, out, force=True, config=config, progress=False, out=printed, **kwargs)
+        wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     print(f"  {printed.getvalue().strip()}")
     frames = sum(int(row["frames"]) for row in rows_without_time(out) if row["status"] == "ok")
-    return wall, frames, memory.peak_mb, code
+    return wall, frames, memory.peak_mb, cpu
 
 
 def main(argv=None):
@@ -108,13 +118,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = Config(model_path=Path(args.model), weights_path=Path(args.weights), backend=args.backend)
-    result = {"workers": args.workers, "cores": os.cpu_count()}
+    result = {"workers": args.workers, "cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 1)}
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         outs = {name: Path(tmp) / name for name in ("serial", "pool", "ray")}
         for name, kwargs in (("serial", {"workers": 0}), ("pool", {"workers": args.workers})):
-            wall, frames, peak, code = timed_run(args.source, outs[name], config, **kwargs)
+            wall, frames, peak, cpu = timed_run(args.source, outs[name], config, **kwargs)
             result.update({f"{name}_wall_s": round(wall, 2), f"{name}_fps": round(frames / wall, 1),
-                           f"{name}_peak_mb": round(peak)})
+                           f"{name}_peak_mb": round(peak), f"{name}_cpu_s": round(cpu, 1),
+                           f"{name}_frames_per_cpu_s": round(frames / cpu, 1)})
             result["frames"] = frames
         started = time.perf_counter()
         from batch import run_batch, start_ray
@@ -127,7 +138,7 @@ def main(argv=None):
         import ray
 
         try:
-            wall, frames, peak, code = timed_run(args.source, outs["ray"], config, ray_address="",
+            wall, frames, peak, _ = timed_run(args.source, outs["ray"], config, ray_address="",
                                                  workers=args.workers)
         finally:
             ray.shutdown()
@@ -137,12 +148,15 @@ def main(argv=None):
                   out=io.StringIO())
         result["rerun_s"] = round(time.perf_counter() - started, 2)
         result["identical"] = same_outputs(list(outs.values()))
+    result["load_after"] = round(os.getloadavg()[0], 1)  # 1-minute load average: other work on the machine
     result["pool_vs_serial"] = round(result["pool_fps"] / result["serial_fps"], 2)
     result["ray_vs_pool"] = round(result["ray_fps"] / result["pool_fps"], 2)
     if not args.json:
         for name in ("serial", "pool", "ray"):
             print(f"{name:>6}: {result[f'{name}_fps']:7.1f} frames/s, {result[f'{name}_wall_s']:6.1f} s wall, "
                   f"peak {result[f'{name}_peak_mb']} MB in child processes")
+        print(f"CPU: serial {result['serial_cpu_s']} s ({result['serial_frames_per_cpu_s']} frames per "
+              f"core-second), pool {result['pool_cpu_s']} s ({result['pool_frames_per_cpu_s']})")
         print(f"pool {result['pool_vs_serial']}x serial, ray {result['ray_vs_pool']}x pool; ray.init "
               f"{result['ray_init_s']} s, idle Ray {result['ray_idle_mb']} MB; rerun over the finished folder "
               f"{result['rerun_s']} s; identical outputs: {result['identical']}")
