@@ -229,8 +229,7 @@ def process_video(job, pipeline, labels):
     from analyse import analyse_video
 
     started = time.perf_counter()
-    row = {"video": job.video, "status": "ok", "error": "", "frames": 0, "duration_s": 0.0, "faces": 0,
-           "frames_with_face": 0, **{f"share_{name.lower()}": 0.0 for name in labels}, "mean_confidence": 0.0}
+    row = _empty_row(job, labels)
     try:
         Path(job.csv_path).parent.mkdir(parents=True, exist_ok=True)
         if job.annotated:
@@ -247,9 +246,29 @@ def process_video(job, pipeline, labels):
             if path:
                 Path(path).unlink(missing_ok=True)
     row["seconds"] = round(time.perf_counter() - started, 2)
+    _write_record(job, row)
+    return row
+
+
+def _empty_row(job, labels, error=""):
+    return {"video": job.video, "status": "error" if error else "ok", "error": error, "frames": 0,
+            "duration_s": 0.0, "faces": 0, "frames_with_face": 0,
+            **{f"share_{name.lower()}": 0.0 for name in labels}, "mean_confidence": 0.0, "seconds": 0.0}
+
+
+def _write_record(job, row):
+    Path(job.record).parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(job.record, {"size": job.size, "mtime_ns": job.mtime_ns,
                                     "annotated": bool(job.annotated), "row": row})
-    return row
+
+
+def _remove_job_partials(job):
+    for path in (job.csv_path, job.annotated):
+        if path:
+            path = Path(path)
+            for partial in path.parent.glob(f".{glob.escape(path.stem)}.partial*{path.suffix}"):
+                if _PARTIAL.match(partial.name):
+                    partial.unlink(missing_ok=True)
 
 
 def build_worker_pipeline(config, threads=1):
@@ -285,13 +304,14 @@ def build_worker_pipeline(config, threads=1):
 _worker = {}
 
 
-def _init_pool_worker(config, labels):
-    _worker.update(pipeline=build_worker_pipeline(config), labels=labels)
+def _init_pool_worker(config, labels, started, run):
+    _worker.update(pipeline=build_worker_pipeline(config), labels=labels, started=started, run=run)
 
 
 def _pool_task(job):
+    _worker["started"].put(job.video)  # SimpleQueue: written before the video starts, even if it then crashes
     try:
-        return process_video(job, _worker["pipeline"], _worker["labels"])
+        return _worker["run"](job, _worker["pipeline"], _worker["labels"])
     except KeyboardInterrupt:  # its temporaries are removed; exit before the pool hands over the next video
         os._exit(130)
 
@@ -375,17 +395,56 @@ def _ray_rows(todo, config, labels, workers):
         yield json.loads(item["row"])
 
 
-def _pool_rows(todo, config, labels, workers, executors):
+def _pool_rows(todo, config, labels, workers, executors, run=process_video):
+    """Rows from a spawned process pool; ``run(job, pipeline, labels)`` is the per-video work.
+
+    A worker that dies (a crash in a decoder, the OOM killer) breaks the
+    pool: each video that was being analysed then is run again alone in a
+    fresh worker, and gets an error row if that one dies too; the videos not
+    yet begun go to a new pool.
+
+    Raises:
+        RuntimeError: the workers died before starting any video (model loading).
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    executor = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_pool_worker, initargs=(config, labels))
-    executors.append(executor)
-    futures = [executor.submit(_pool_task, job) for job in todo]
-    for future in as_completed(futures):
-        yield future.result()
-    executor.shutdown()
+    context = multiprocessing.get_context("spawn")
+    started = context.SimpleQueue()
+
+    def pool_round(jobs, size):
+        """Yield the rows of ``jobs``; return ``(lost jobs, videos begun)``."""
+        executor = ProcessPoolExecutor(size, mp_context=context, initializer=_init_pool_worker,
+                                       initargs=(config, labels, started, run))
+        executors.append(executor)
+        futures = {executor.submit(_pool_task, job): job for job in jobs}
+        lost = []
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                lost.append(futures[future])
+        executor.shutdown()
+        begun = set()
+        while not started.empty():
+            begun.add(started.get())
+        for job in lost:
+            _remove_job_partials(job)
+        if lost and not begun.intersection(job.video for job in lost):
+            raise RuntimeError("the worker processes died before analysing any video")
+        return lost, begun
+
+    pending = list(todo)
+    while pending:
+        lost, begun = yield from pool_round(pending, min(workers, len(pending)))
+        for job in (job for job in lost if job.video in begun):
+            crashed, _ = yield from pool_round([job], 1)
+            if crashed:
+                row = _empty_row(job, labels, "the worker process died while analysing it, twice")
+                _write_record(job, row)
+                yield row
+        pending = [job for job in lost if job.video not in begun]
 
 
 def _serial_rows(todo, config, labels):
@@ -466,8 +525,9 @@ def run_batch(source, csv_dir, output_dir=None, workers=None, ray_address=None, 
 
     Returns:
         The exit code: 0 when every video is ``ok``, 1 when some are
-        ``error`` (see the summary), 2 on bad input (message on stderr,
-        nothing done), 130 on Ctrl-C.
+        ``error`` (see the summary) or the engine failed (a message on
+        stderr, no summary), 2 on bad input (message on stderr, nothing
+        done), 130 on Ctrl-C.
     """
     from tqdm import tqdm
 
@@ -500,7 +560,7 @@ def run_batch(source, csv_dir, output_dir=None, workers=None, ray_address=None, 
     todo.sort(key=lambda job: -job.size)  # longest first: fewer idle workers at the end
     workers = os.cpu_count() if workers is None else workers
     engine = "ray" if ray_address is not None else "pool" if workers else "serial"
-    frames, executors, interrupted = 0, [], False
+    frames, executors, interrupted, failure = 0, [], False, None
     try:
         if todo:
             if engine == "ray":
@@ -520,13 +580,21 @@ def run_batch(source, csv_dir, output_dir=None, workers=None, ray_address=None, 
     except KeyboardInterrupt:
         interrupted = True
         _stop_pool(executors)
+    except Exception as e:  # noqa: BLE001 - the engine itself failed (not one video): say so, keep the records
+        failure = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        for executor in executors:
+            executor.shutdown(wait=True, cancel_futures=True)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-        if interrupted:
+        if interrupted or failure:
             remove_partials(csv_dir, output_dir)
+    if failure:
+        print(f"error: the batch stopped ({failure}); the videos finished so far are recorded, run it again "
+              f"to go on", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - started
     errors = sum(row["status"] == "error" for row in rows)
     done = len(rows) - skipped

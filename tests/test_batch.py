@@ -266,3 +266,30 @@ def test_local_path_and_server_never_import_ray(tmp_path, clip, tiny_model_files
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "a.csv").is_file()
+
+
+def crash_on_b(job, pipeline, labels):
+    """Per-video work for the pool that kills its worker process on sub/b.mp4, as a decoder crash would."""
+    if job.video == "sub/b.mp4":
+        os._exit(11)
+    return process_video(job, pipeline, labels)
+
+
+def test_a_crashing_worker_fails_only_its_video(tmp_path, clip, config):
+    from batch import _pool_rows, find_videos, read_labels
+
+    videos = tmp_path / "videos"
+    (videos / "sub").mkdir(parents=True)
+    shutil.copy(clip, videos / "a.mp4")
+    shutil.copy(clip, videos / "sub" / "b.mp4")
+    write_plain_clip(videos / "sub" / "plain.avi")
+    root, found, _ = find_videos(videos)
+    jobs = plan_jobs(root, found, tmp_path / "out")
+    rows = {row["video"]: row for row in _pool_rows(jobs, config, read_labels(config.model_path), 2, [],
+                                                    run=crash_on_b)}
+    assert sorted(rows) == ["a.mp4", "sub/b.mp4", "sub/plain.avi"]
+    assert (rows["a.mp4"]["status"], rows["a.mp4"]["frames"]) == ("ok", CLIP_FRAMES)
+    assert (rows["sub/plain.avi"]["status"], rows["sub/plain.avi"]["frames"]) == ("ok", PLAIN_FRAMES)
+    assert rows["sub/b.mp4"]["status"] == "error" and "died while analysing it, twice" in rows["sub/b.mp4"]["error"]
+    assert not (tmp_path / "out" / "sub" / "b.csv").exists()
+    assert (tmp_path / "out" / "sub" / ".b.csv.done.json").is_file()  # a rerun keeps the error row
