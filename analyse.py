@@ -28,7 +28,7 @@ def _temporary(path):
     return path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
 
 
-def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
+def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, require_all_frames=False):
     """Process every frame of ``source``; write the annotated video and/or the CSV.
 
     Args:
@@ -39,12 +39,16 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
         csv_path: one row per face per frame: ``frame,time_s,face_id,x,y,w,h,
             label,confidence`` and one probability column per class (lower case).
         progress: show a tqdm progress bar on stderr.
+        require_all_frames: treat a video whose decoding stops short of the
+            frame count its container declares (by more than 2 frames and
+            2%) as broken: raise ``SourceError`` and write nothing.
 
     Returns:
         A summary dict: ``frames``, ``frames_with_face``, ``faces``,
         ``seconds`` (processing time), ``fps`` (frames processed per second),
-        ``video_seconds`` and ``share`` (``{label: fraction of face
-        observations}``).
+        ``video_seconds``, ``share`` (``{label: fraction of face
+        observations}``) and ``mean_confidence`` (mean top-class
+        probability over face observations; 0.0 without faces).
 
     Raises:
         sources.SourceError: the input is missing or cannot be decoded.
@@ -74,9 +78,10 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
             csv_file = open(temporaries[-1][0], "w", newline="", encoding="utf-8")
             table = csv.writer(csv_file)
             table.writerow(CSV_COLUMNS + tuple(name.lower() for name in labels))
-        pipeline.reset()
+        pipeline.reset(restart_ids=True)  # face ids from 1, whatever this process analysed before
         counts = Counter()
         frames = frames_with_face = 0
+        confidence_sum = 0.0
         started = time.perf_counter()
         with tqdm(total=total, unit="frame", disable=not progress, desc=Path(source).name) as bar:
             while True:
@@ -88,6 +93,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
                     writer.write(annotated)
                 for face in faces:
                     counts[face.label] += 1
+                    confidence_sum += face.confidence
                     if table:
                         table.writerow([frames, f"{frames / fps:.3f}", face.id, *face.box, face.label,
                                         f"{face.confidence:.4f}",
@@ -98,6 +104,9 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
         elapsed = time.perf_counter() - started
         if frames == 0:
             raise SourceError(f"video file {source} has no decodable frame")
+        if require_all_frames and total and frames < total - max(2, 0.02 * total):
+            raise SourceError(f"video file {source} stopped decoding after {frames} of its "
+                              f"{total} frames")
         if writer:
             writer.release()
         if csv_file:
@@ -117,7 +126,8 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True):
     return {"frames": frames, "frames_with_face": frames_with_face, "faces": faces_total,
             "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 1),
             "video_seconds": round(frames / fps, 2),
-            "share": {name: round(counts[name] / faces_total, 4) if faces_total else 0.0 for name in labels}}
+            "share": {name: round(counts[name] / faces_total, 4) if faces_total else 0.0 for name in labels},
+            "mean_confidence": round(confidence_sum / faces_total, 4) if faces_total else 0.0}
 
 
 def summary_text(summary, source):

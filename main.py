@@ -24,11 +24,12 @@ import sys
 import tempfile
 import time
 
+from batch import add_batch_arguments, run_from_args
 from config import add_config_arguments, config_from_args
 
 
 def parse_args(argv=None):
-    """The command line: every ``Config`` field, plus ``--debug``, ``--output`` and ``--csv``.
+    """The command line: every ``Config`` field, ``--debug``, ``--output``, ``--csv`` and the batch flags.
 
     Raises:
         SystemExit: ``--help``, or a flag or ``FER_SERVER_*`` variable that does not parse (code 2).
@@ -45,6 +46,7 @@ def parse_args(argv=None):
                                     "annotated to this file (.mp4 or .avi)")
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
                                  "per frame to this CSV file")
+    add_batch_arguments(p)
     from classifier import join_input_range_argv  # "--input-range -1,1" is not an option
 
     return p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
@@ -218,6 +220,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    if args.csv_dir:  # many videos: batch.py checks its own input before any work
+        limit_malloc_arenas()
+        return run_from_args(args, config)
     offline = bool(args.output or args.csv)
     try:
         if not offline:

@@ -230,9 +230,10 @@ class FramePipeline:
         #: tracking), ``classify`` (crop, inference, smoothing), ``draw``.
         self.timings = {}
 
-    def reset(self):
-        """Forget tracks and smoothed probabilities (a new video or a jump in it)."""
-        self.tracker.reset()
+    def reset(self, restart_ids=False):
+        """Forget tracks and smoothed probabilities (a new video or a jump in it);
+        ``restart_ids``: number the next faces from 1 (see ``FaceTracker.reset``)."""
+        self.tracker.reset(restart_ids)
         self._smoothed = {}
 
     def analyse(self, frame):

@@ -78,10 +78,17 @@ class FaceTracker:
         self._frame += 1
         return list(self.tracks)
 
-    def reset(self):
-        """Forget every track (a new video, or a jump in the source)."""
+    def reset(self, restart_ids=False):
+        """Forget every track (a new video, or a jump in the source).
+
+        ``restart_ids`` numbers the next tracks from 1 again, as for a fresh
+        tracker (offline analysis: a video's face ids do not depend on what
+        the process analysed before); otherwise ids stay unique.
+        """
         self.tracks = []
         self._frame = 0
+        if restart_ids:
+            self._next_id = 1
 
     def _associate(self, boxes):
         unmatched = list(range(len(boxes)))
