@@ -47,6 +47,12 @@ class Config:
             silent clients would otherwise hold a slot for good).
         health_max_frame_age_s: ``/healthz`` answers 503 when the source is
             meant to stream but no frame came for this many seconds.
+        image_pad: for uploaded images only (``/api/predict``), a border of
+            replicated edge pixels this fraction of the image's longer side
+            wide is added on every side before the face search, so a face
+            that touches the border or fills the frame (a cropped face) is
+            found; boxes are mapped back and clipped to the image.  0 turns
+            it off.  Video frames are never padded.
         crop_margin: fraction of the Haar box side added on each side before
             cropping the face for the classifier.
         backend: the classifier's inference path: ``"tflite-int8"`` (the
@@ -75,6 +81,7 @@ class Config:
     image_detect_width: int = 1280
     image_min_face_px: int = 24
     image_scale_factor: float = 1.1
+    image_pad: float = 0.0
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     events_interval_s: float = 0.2
