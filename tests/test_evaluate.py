@@ -145,3 +145,15 @@ def test_clip_boxes_by_hand():
 
     out = clip_boxes(np.array([[-5, 10, 20, 20], [90, 90, 20, 20], [200, 0, 5, 5]]), (100, 100))
     assert out.tolist() == [[0, 10, 15, 20], [90, 90, 10, 10], [100, 0, 0, 5]]
+
+
+def test_logit_adjustment_by_hand():
+    from train.logit_adjust import class_priors, logit_adjust
+
+    priors = class_priors(np.array([0, 0, 0, 0, 1]), 2)
+    assert priors.tolist() == [0.8, 0.2]
+    scores = logit_adjust(np.array([[0.6, 0.4]]), priors, 1.0)
+    assert scores[0] == pytest.approx([np.log(0.6 / 0.8), np.log(0.4 / 0.2)])  # 0.75 < 2: the rare class wins
+    assert logit_adjust(np.array([[0.6, 0.4]]), priors, 0.0).argmax() == 0
+    with pytest.raises(ValueError, match="no example"):
+        class_priors(np.array([0, 0]), 2)
