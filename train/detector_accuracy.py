@@ -37,13 +37,15 @@ def main(argv=None):
     p.add_argument("--side", type=int, default=144, help="face side on the canvas, pixels")
     p.add_argument("--pads", help="instead: the upload path (image_* settings, largest face) on the bare "
                                   "enlarged crop, no canvas, for each Config.image_pad in this list")
+    p.add_argument("--canvas", action="store_true", help="with --pads: the face on a grey canvas, as below")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     images, labels = load_fer2013_csv(args.data)[args.split]
     classifier = Classifier.from_files(args.model, args.weights, backend=args.backend)
     if args.pads:
-        result = bare_crops(classifier, images, labels, [float(v) for v in args.pads.split(",")], args.side)
+        result = bare_crops(classifier, images, labels, [float(v) for v in args.pads.split(",")], args.side,
+                            args.canvas)
         if args.json:
             print(json.dumps(result))
         return
@@ -80,13 +82,15 @@ def main(argv=None):
         print(json.dumps(result))
 
 
-def bare_crops(classifier, images, labels, pads, side=144):
+def bare_crops(classifier, images, labels, pads, side=144, canvas=False):
     """Faces found and accuracy when each face is uploaded as a tight crop.
 
     Each ``(48, 48)`` face is enlarged (bicubic) to ``side`` pixels and given
     to the server's upload pipeline (``builders.build_pipeline(for_images=True)``)
     with ``Config.image_pad`` set to each of ``pads``; the largest face
-    found is its answer, no face counts as wrong.
+    found is its answer, no face counts as wrong.  ``canvas`` puts the
+    enlarged face in the middle of a grey canvas twice its side instead (a
+    whole photo).
 
     Returns:
         ``{str(pad): {"found", "accuracy_all", "accuracy_found"}}`` (fractions).
@@ -102,6 +106,9 @@ def bare_crops(classifier, images, labels, pads, side=144):
         found = correct = 0
         for face, label in zip(images, labels):
             big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+            if canvas:
+                big = cv2.copyMakeBorder(big, side // 2, side // 2, side // 2, side // 2, cv2.BORDER_CONSTANT,
+                                         value=128)
             faces = pipeline.analyse_image(big)
             if faces:
                 found += 1

@@ -64,6 +64,7 @@ def main(argv=None):
     p.add_argument("--model", default=str(defaults.model_path))
     p.add_argument("--weights", default=str(defaults.weights_path))
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend)
+    p.add_argument("--image-pad", type=float, default=defaults.image_pad, help="Config.image_pad for the folders")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -77,7 +78,7 @@ def main(argv=None):
     images, y_val = data["PublicTest"]
     val_probs = predict(classifier, images)
     pipeline = build_pipeline(replace(defaults, model_path=Path(args.model), weights_path=Path(args.weights),
-                                      backend=args.backend), classifier, for_images=True)
+                                      backend=args.backend, image_pad=args.image_pad), classifier, for_images=True)
     folders = {f: classify_items(pipeline, load_folder(f, labels)) for f in args.folders}
     rows = []
     for tau in (float(t) for t in args.taus.split(",")):
