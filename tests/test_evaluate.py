@@ -117,7 +117,10 @@ def test_folder_evaluation_photo_crop_and_broken_image(tmp_path, tiny_model_file
     assert plain["accuracy"] <= 0.5 and png.is_file()
     padded, _ = run("--image-pad", "0.2")
     assert padded["found"] == 2
-    crops, _ = run("--crops")
+    crops, _ = run("--crops", "--predictions", str(tmp_path / "p.csv"))
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "path,true,predicted,confidence" and len(rows) == 3
+    assert sorted(r.split(",")[1] for r in rows[1:]) == ["Angry", "Happy"]
     assert crops["found"] == 2 and crops["mode"] == "crops"
     assert sum(d["true"] for d in crops["distribution"].values()) == 2
 

@@ -234,6 +234,8 @@ def main(argv=None):
     p.add_argument("--crop-margin", type=float, default=defaults.crop_margin,
                    help="Config.crop_margin (default: the server's, %(default)s)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.add_argument("--predictions", help="write path,true,predicted,confidence per readable image to this CSV "
+                                         "(predicted '(no face)' where none was found)")
     p.add_argument("--confusion-png", help="where to save the confusion matrix (default: confusion_<folder>.png)")
     args = p.parse_args(argv)
     if args.image_pad < 0:
@@ -263,6 +265,16 @@ def main(argv=None):
                   image_pad=args.image_pad, crop_margin=args.crop_margin, model=str(args.model),
                   unreadable=len(unreadable), unreadable_files=[path for path, _ in unreadable])
     print(format_folder_report(result, labels))
+    if args.predictions:
+        bad = {path for path, _ in unreadable}
+        paths = [str(path) for path, _ in items if str(path) not in bad]
+        with open(args.predictions, "w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(["path", "true", "predicted", "confidence"])
+            for path, t, ok, q in zip(paths, y_true, found, probs):
+                out.writerow([path, labels[t], labels[int(q.argmax())] if ok else NO_FACE,
+                              round(float(q.max()), 4) if ok else ""])
+        print(f"predictions saved to {args.predictions}")
     if unreadable:
         print(f"{len(unreadable)} unreadable image(s) left out")
     png = args.confusion_png or f"confusion_{name}{'_crops' if args.crops else ''}.png"
