@@ -160,3 +160,18 @@ def test_logit_adjustment_by_hand():
     assert logit_adjust(np.array([[0.6, 0.4]]), priors, 0.0).argmax() == 0
     with pytest.raises(ValueError, match="no example"):
         class_priors(np.array([0, 0]), 2)
+
+
+def test_padding_keeps_the_downscale_of_the_unpadded_image():
+    from pipeline import FaceDetector
+
+    class Spy(FaceDetector):
+        def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
+            self.seen = (gray.shape, scale)
+            return super().detect(gray, min_px, max_px, scale, min_neighbors)
+
+    spy = Spy(detect_width=400)
+    spy.detect_padded(np.zeros((300, 400), np.uint8), 0.25)
+    assert spy.seen == ((500, 600), 1.0)  # 100-pixel border, searched at full resolution
+    spy.detect_padded(np.zeros((300, 800), np.uint8), 0.25)
+    assert spy.seen == ((700, 1200), 0.5)  # as the 800-wide image alone would be: 400 / 800
