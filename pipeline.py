@@ -101,6 +101,60 @@ class FaceDetector:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         return np.round(boxes / scale).astype(np.int32)
 
+    def detect_padded(self, gray, pad):
+        """``detect`` on ``gray`` widened by a replicated border, boxes mapped back.
+
+        The cascade only fires where its whole window, face plus a little
+        forehead and chin, lies inside the image, so a face that touches the
+        border or fills the frame (the usual uploaded crop) is missed.
+        Replicating the edge pixels outwards gives the window room.
+
+        Args:
+            gray: ``(H, W)`` uint8 grayscale image.
+            pad: border width on every side as a fraction of ``max(H, W)``;
+                0 is a plain ``detect``.
+
+        Returns:
+            ``(N, 4)`` int32 ``(x, y, w, h)`` boxes in pixels of ``gray``,
+            not clipped: a box may reach past the image's edges (see
+            ``clip_boxes``).  Boxes whose centre lies outside ``gray``
+            (found in the border alone) are dropped.  The search is
+            downscaled as ``detect`` would downscale ``gray`` itself, so the
+            smallest face found is unchanged; it costs about ``(1 + 2 pad)^2``
+            times the pixels.
+
+        Raises:
+            ValueError: ``pad`` is negative.
+        """
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got {pad}")
+        border = int(round(pad * max(gray.shape[:2])))
+        if border == 0:
+            return self.detect(gray)
+        padded = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_REPLICATE)
+        # downscale as for the unpadded image: the border must not raise the smallest face found
+        scale = min(1.0, self.detect_width / gray.shape[1]) if self.detect_width else 1.0
+        boxes = self.detect(padded, scale=scale)
+        boxes[:, :2] -= border
+        centre = boxes[:, :2] + boxes[:, 2:] / 2
+        inside = ((centre >= 0) & (centre < np.array(gray.shape[1::-1]))).all(1)
+        return boxes[inside]
+
+
+def clip_boxes(boxes, shape):
+    """Clip ``(N, 4)`` ``(x, y, w, h)`` boxes to an image of ``shape`` ``(H, W, ...)``.
+
+    Returns:
+        ``(N, 4)`` int32 boxes inside ``[0, W) x [0, H)``; a box wholly outside
+        gets zero width or height.
+    """
+    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+    height, width = shape[:2]
+    x0, y0 = boxes[:, 0].clip(0, width), boxes[:, 1].clip(0, height)
+    x1 = (boxes[:, 0] + boxes[:, 2]).clip(0, width)
+    y1 = (boxes[:, 1] + boxes[:, 3]).clip(0, height)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], 1).astype(np.int32)
+
 
 def crop_faces(image, boxes, size=48, margin=0.0):
     """Cut each box out of the frame as a classifier input.
@@ -215,11 +269,17 @@ class FramePipeline:
         smoothing: weight of the past in the exponential moving average of
             each tracked face's probabilities, in [0, 1); 0 shows each
             frame's raw probabilities.
+        image_pad: ``analyse_image`` only (never video frames): border added
+            around the image before the face search, as a fraction of its
+            longer side (see ``FaceDetector.detect_padded``); 0 turns it off.
     """
 
-    def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0):
+    def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0, image_pad=0.0):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if image_pad < 0:
+            raise ValueError(f"image_pad must be >= 0, got {image_pad}")
+        self.image_pad = image_pad
         self.detector = detector
         self.classifier = classifier
         self.crop_margin = crop_margin
@@ -267,11 +327,29 @@ class FramePipeline:
         return faces
 
     def analyse_image(self, image):
-        """Classify every face of a single image: full detection, no tracking or smoothing."""
+        """Classify every face of a single image: full detection, no tracking or smoothing.
+
+        With ``image_pad`` the search runs on the image widened by a
+        replicated border, so a face touching the edge or filling the frame
+        is found; the classifier sees the found box (the part outside the
+        image replicated from its edge, as in ``crop_faces``) and the
+        ``Face.box`` returned is that box clipped to the image.
+
+        Args:
+            image: ``(H, W, 3)`` BGR or ``(H, W)`` grayscale uint8 image
+                (other layouts as ``to_uint8_image`` accepts).
+
+        Returns:
+            A list of ``Face`` (``id`` None), in the detector's order.
+
+        Raises:
+            ValueError: ``image`` is not an image.
+        """
         image = to_uint8_image(image)
         gray = _grayscale(image)
-        boxes = self.detector.detect(gray)
-        return [self._face(b, p) for b, p in zip(boxes, self._classify(gray, boxes, image))]
+        boxes = self.detector.detect_padded(gray, self.image_pad)
+        probs = self._classify(gray, boxes, image)
+        return [self._face(b, p) for b, p in zip(clip_boxes(boxes, gray.shape), probs)]
 
     def process(self, frame):
         """``analyse`` then draw: returns ``(annotated BGR copy, faces)``.

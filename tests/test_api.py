@@ -77,6 +77,22 @@ def test_predict_raw_body(client, faces):
     check_boxes(r.get_json(), 1)
 
 
+def test_tight_crop_is_found_through_the_padded_search(clip, tiny_model_files, make_app, faces):
+    # the Angry fixture enlarged to fill the frame: Haar finds it only with Config.image_pad
+    crop = cv2.imencode(".png", cv2.resize(faces["Angry"], (144, 144), interpolation=cv2.INTER_CUBIC))[1].tobytes()
+    model_path, weights_path = tiny_model_files
+    found = {}
+    for pad in (0.0, Config().image_pad):
+        app = make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path, image_pad=pad))
+        r = app.test_client().post("/api/predict", data=crop, content_type="image/png")
+        assert r.status_code == 200
+        found[pad] = r.get_json()["faces"]
+    assert found[0.0] == [] and Config().image_pad > 0
+    check_faces({"faces": found[Config().image_pad]}, 1)
+    x, y, w, h = found[Config().image_pad][0]["box"]
+    assert 0 <= x and 0 <= y and x + w <= 144 and y + h <= 144 and w > 72
+
+
 def test_no_face_is_an_empty_list(client):
     blank = cv2.imencode(".jpg", np.full((100, 100, 3), 200, np.uint8))[1].tobytes()
     r = client.post("/api/predict", data=blank, content_type="image/jpeg")

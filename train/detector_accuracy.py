@@ -41,12 +41,21 @@ def main(argv=None):
                    help="classifier inference path (default: the server's, %(default)s)")
     p.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.25")
     p.add_argument("--side", type=int, default=144, help="face side on the canvas, pixels")
+    p.add_argument("--pads", help="instead: the upload path (image_* settings, largest face) on the bare "
+                                  "enlarged crop, no canvas, for each Config.image_pad in this list")
+    p.add_argument("--canvas", action="store_true", help="with --pads: the face on a grey canvas, as below")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
     images, labels = load_fer2013_csv(args.data)[args.split]
     classifier = Classifier.from_files(args.model, args.weights, input_range=args.input_range,
                                        class_names=args.classes, backend=args.backend)
+    if args.pads:
+        result = bare_crops(classifier, images, labels, [float(v) for v in args.pads.split(",")], args.side,
+                            args.canvas)
+        if args.json:
+            print(json.dumps(result))
+        return
     detector = FaceDetector(defaults.scale_factor, defaults.min_neighbors, defaults.min_face_px,
                             defaults.detect_width)
     plain = float((predict(classifier, images).argmax(1) == labels).mean())
@@ -78,6 +87,45 @@ def main(argv=None):
               f"{correct / len(images):.4f} on all")
     if args.json:
         print(json.dumps(result))
+
+
+def bare_crops(classifier, images, labels, pads, side=144, canvas=False):
+    """Faces found and accuracy when each face is uploaded as a tight crop.
+
+    Each ``(48, 48)`` face is enlarged (bicubic) to ``side`` pixels and given
+    to the server's upload pipeline (``builders.build_pipeline(for_images=True)``)
+    with ``Config.image_pad`` set to each of ``pads``; the largest face
+    found is its answer, no face counts as wrong.  ``canvas`` puts the
+    enlarged face in the middle of a grey canvas twice its side instead (a
+    whole photo).
+
+    Returns:
+        ``{str(pad): {"found", "accuracy_all", "accuracy_found"}}`` (fractions).
+    """
+    from dataclasses import replace
+
+    from builders import build_pipeline
+    from config import Config
+
+    result = {}
+    for pad in pads:
+        pipeline = build_pipeline(replace(Config(), image_pad=pad), classifier, for_images=True)
+        found = correct = 0
+        for face, label in zip(images, labels):
+            big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+            if canvas:
+                big = cv2.copyMakeBorder(big, side // 2, side // 2, side // 2, side // 2, cv2.BORDER_CONSTANT,
+                                         value=128)
+            faces = pipeline.analyse_image(big)
+            if faces:
+                found += 1
+                best = max(faces, key=lambda f: f.box[2] * f.box[3])
+                correct += classifier.labels.index(best.label) == label
+        result[str(pad)] = {"found": round(found / len(images), 4), "accuracy_all": round(correct / len(images), 4),
+                            "accuracy_found": round(correct / max(1, found), 4)}
+        print(f"image_pad {pad:.2f}: found {found}/{len(images)} ({found / len(images):.1%}); accuracy "
+              f"{correct / len(images):.4f} on all, {correct / max(1, found):.4f} on the faces found", flush=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -111,6 +111,9 @@ def format_report(result, labels):
 
 
 def main(argv=None):
+    from train import folders  # labelled image folders (--data FOLDER, --manifest): train/folders.py
+    if folders.wants_folders(sys.argv[1:] if argv is None else argv):
+        return folders.main(argv)
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="FER2013 CSV, plain or .gz")
