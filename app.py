@@ -13,7 +13,7 @@ from cameras import Cameras, UnknownSourceError
 from config import Config
 from guards import too_large_message
 from images import ImageError, decode_image
-from payloads import faces_payload, live_payload, model_name
+from payloads import faces_payload, live_payload, model_name, with_explanations
 
 
 def create_app(config=None, camera=None):
@@ -34,6 +34,9 @@ def create_app(config=None, camera=None):
             source under ``sources``; 503 only when every source has
             stalled or failed.
         ``GET /api/faces?source=``: the faces of the latest frame.
+        ``?explain=1`` on ``/api/faces`` and ``/api/predict`` adds to each face an
+            ``explanation``: ``{"class": label, "heatmap": "data:image/png;base64,..."}``,
+            its Grad-CAM map (``explain.GradCam``) over the classifier's crop.
         ``GET /api/history?source=&seconds=60``: the recorded rows of the
             last ``seconds`` (at most ``recording.HISTORY_S``), with
             ``--record`` only (404 JSON otherwise).
@@ -51,6 +54,18 @@ def create_app(config=None, camera=None):
     # threads) searching larger images at a higher resolution than video frames.
     image_pipeline = build_pipeline(config, classifier, for_images=True) if classifier else None
     image_lock = threading.Lock()
+    explainers = []  # the GradCam, made at the first request that asks (it traces a graph)
+    explainer_lock = threading.Lock()
+
+    def explained(payload, faces):
+        if request.args.get("explain", "").lower() not in ("1", "true", "yes", "on") or classifier is None:
+            return payload
+        with explainer_lock:
+            if not explainers:
+                from explain import GradCam
+
+                explainers.append(GradCam(classifier))
+        return with_explanations(payload, explainers[0].explain(faces))
 
     app = Flask(__name__)
     app.json.sort_keys = False  # probabilities stay in the model's class order
@@ -99,7 +114,9 @@ def create_app(config=None, camera=None):
     @app.get("/api/faces")
     def faces():
         one = cameras.get(request.args.get("source"))
-        return jsonify(live_payload(one, one.latest(), model, cameras.name_of(one)))
+        frame = one.latest()
+        payload = live_payload(one, frame, model, cameras.name_of(one))
+        return jsonify(explained(payload, frame.faces if frame else []))
 
     @app.get("/api/history")
     def history():
@@ -132,6 +149,6 @@ def create_app(config=None, camera=None):
         image = decode_image(data, config.max_image_pixels)
         with image_lock:
             found = image_pipeline.analyse_image(image)
-        return jsonify(faces_payload(found, image.shape[1], image.shape[0], model))
+        return jsonify(explained(faces_payload(found, image.shape[1], image.shape[0], model), found))
 
     return app

@@ -22,6 +22,14 @@ def faces_payload(faces, width, height, model):
             "model": model}
 
 
+def with_explanations(payload, explanations):
+    """Add each face's ``explain.GradCam.explain`` entry (when not None) as its ``explanation``; returns ``payload``."""
+    for face, explanation in zip(payload["faces"], explanations):
+        if explanation is not None:
+            face["explanation"] = explanation
+    return payload
+
+
 def live_payload(camera, frame, model, name=None):
     """The JSON of ``/api/faces`` and ``/api/events``: ``faces_payload`` plus the source's state.
 
