@@ -49,28 +49,34 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def read_parts(port, seconds, counts, index, first_part=None, headers=None, path="/video_feed"):
-    """Count the MJPEG parts of ``path`` received within ``seconds`` (``headers``: e.g. the token)."""
+def stream_chunks(port, path, seconds, headers=None):
+    """Yield the body chunks of ``GET path`` as they arrive, for ``seconds`` (or until the server ends it)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", path, headers=headers or {})
     response = conn.getresponse()
-    boundary = b"--frame\r\n"
     deadline = time.monotonic() + seconds
-    buffer = b""
     try:
         while time.monotonic() < deadline:
             chunk = response.read1(65536)
             if not chunk:
                 break
-            buffer += chunk
-            n = buffer.count(boundary)
-            if n:
-                counts[index] += n
-                if first_part is not None and not first_part.is_set():
-                    first_part.set()
-                buffer = buffer[buffer.rfind(boundary) + len(boundary):]
+            yield chunk
     finally:
         conn.close()
+
+
+def read_parts(port, seconds, counts, index, first_part=None, headers=None, path="/video_feed"):
+    """Count the MJPEG parts of ``path`` received within ``seconds`` (``headers``: e.g. the token)."""
+    boundary = b"--frame\r\n"
+    buffer = b""
+    for chunk in stream_chunks(port, path, seconds, headers):
+        buffer += chunk
+        n = buffer.count(boundary)
+        if n:
+            counts[index] += n
+            if first_part is not None and not first_part.is_set():
+                first_part.set()
+            buffer = buffer[buffer.rfind(boundary) + len(boundary):]
 
 
 def start_server(source, port, extra=()):
@@ -97,19 +103,25 @@ def wait_first_frame(server, port, timeout_s=120, headers=None, path="/video_fee
     raise SystemExit("no frame from the server within the timeout")
 
 
-def measure(server, port, clients, seconds):
-    counts = [0] * clients
-    threads = [threading.Thread(target=read_parts, args=(port, seconds, counts, i)) for i in range(clients)]
+def read_concurrently(server, port, seconds, paths):
+    """One viewer per path at once for ``seconds``: ``(parts received per viewer, server CPU % of one core)``."""
+    counts = [0] * len(paths)
+    threads = [threading.Thread(target=read_parts, args=(port, seconds, counts, i), kwargs={"path": path})
+               for i, path in enumerate(paths)]
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+    return counts, round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
+
+
+def measure(server, port, clients, seconds):
+    counts, cpu = read_concurrently(server, port, seconds, ["/video_feed"] * clients)
     fps = [c / seconds for c in counts]
     return {"clients": clients, "fps_per_client_mean": round(sum(fps) / clients, 2),
-            "fps_per_client_min": round(min(fps), 2),
-            "server_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1)}
+            "fps_per_client_min": round(min(fps), 2), "server_cpu_percent": cpu}
 
 
 def run_clients(source, client_counts, seconds, extra=()):
@@ -167,22 +179,14 @@ def run_sources(source, source_counts, seconds, extra=()):
             for name in names:
                 wait_first_frame(server, port, path=f"/video_feed/{name}")
             time.sleep(2.0)  # the viewers of the warm-up are gone and their threads settled
-            counts = [0] * n
-            threads = [threading.Thread(target=read_parts, args=(port, seconds, counts, i),
-                                        kwargs={"path": f"/video_feed/{name}"}) for i, name in enumerate(names)]
-            cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+            counts, cpu = read_concurrently(server, port, seconds, [f"/video_feed/{name}" for name in names])
         finally:
             server.terminate()
             server.wait(10)
         fps = [round(c / seconds, 2) for c in counts]
         runs.append({"sources": n, "fps": fps, "fps_min": min(fps),
                      "share_min": round(min(fps) / rate, 3) if rate else None,
-                     "server_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+                     "server_cpu_percent": cpu,
                      "load_average": os.getloadavg()[0]})
         r = runs[-1]
         print(f"{n} source(s): fps per source {', '.join(f'{v:.1f}' for v in fps)} (slowest "
@@ -192,25 +196,15 @@ def run_sources(source, source_counts, seconds, extra=()):
 
 
 def read_events(port, path, seconds, seen):
-    """Collect ``(frame, face id)`` of every server-sent event of ``path`` within ``seconds`` into ``seen``."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path)
-    response = conn.getresponse()
-    deadline = time.monotonic() + seconds
+    """Collect ``(frame, face ids)`` of every server-sent event of ``path`` within ``seconds`` into ``seen``."""
     buffer = b""
-    try:
-        while time.monotonic() < deadline:
-            chunk = response.read1(65536)
-            if not chunk:
-                break
-            buffer += chunk
-            *messages, buffer = buffer.split(b"\n\n")
-            for message in messages:
-                if message.startswith(b"data: "):
-                    event = json.loads(message[6:])
-                    seen.append((event["frame"], tuple(f["id"] for f in event["faces"])))
-    finally:
-        conn.close()
+    for chunk in stream_chunks(port, path, seconds):
+        buffer += chunk
+        *messages, buffer = buffer.split(b"\n\n")
+        for message in messages:
+            if message.startswith(b"data: "):
+                event = json.loads(message[6:])
+                seen.append((event["frame"], tuple(f["id"] for f in event["faces"])))
 
 
 def check_recording(source, n, seconds, extra=()):

@@ -13,6 +13,7 @@ instead, lets the timeline fill for ``--grid-seconds``, turns the
 explanations on and saves ``docs/screenshot_grid.png``.
 """
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -37,11 +38,23 @@ def main(argv=None):
         return grid(args)
     if not args.photo:
         p.error("--photo is needed without --grid")
+    with served_page(["--source", args.video], args.port) as page:
+        page.wait_for_timeout(1500)  # into the scene with both faces
+        page.wait_for_function("document.querySelectorAll('#live-faces .face').length >= 2", timeout=60000)
+        page.screenshot(path=str(DOCS / "screenshot.png"))
+        page.set_input_files("#upload-file", args.photo)
+        page.click("#upload-form button[type=submit]")
+        page.wait_for_selector("#upload-faces .face", timeout=30000)
+        page.screenshot(path=str(DOCS / "screenshot_upload.png"), full_page=True)
+
+
+@contextlib.contextmanager
+def served_page(flags, port):
+    """``main.py FLAGS --port PORT`` started, and a headless Chromium page open on it; both closed after."""
     from playwright.sync_api import sync_playwright
 
-    server = subprocess.Popen([sys.executable, str(DOCS.parent / "main.py"), "--source", args.video,
-                               "--port", str(args.port)])
-    url = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen([sys.executable, str(DOCS.parent / "main.py"), *flags, "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
             try:
@@ -53,13 +66,7 @@ def main(argv=None):
             browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(url)
-            page.wait_for_timeout(1500)  # into the scene with both faces
-            page.wait_for_function("document.querySelectorAll('#live-faces .face').length >= 2", timeout=60000)
-            page.screenshot(path=str(DOCS / "screenshot.png"))
-            page.set_input_files("#upload-file", args.photo)
-            page.click("#upload-form button[type=submit]")
-            page.wait_for_selector("#upload-faces .face", timeout=30000)
-            page.screenshot(path=str(DOCS / "screenshot_upload.png"), full_page=True)
+            yield page
             browser.close()
     finally:
         server.terminate()
@@ -68,32 +75,13 @@ def main(argv=None):
 
 def grid(args):
     """``docs/screenshot_grid.png``: two sources in the grid, the timeline filled, explanations on."""
-    from playwright.sync_api import sync_playwright
-
-    server = subprocess.Popen([sys.executable, str(DOCS.parent / "main.py"), "--source", f"megamind={args.video}",
-                               "--source", "demo=demo", "--port", str(args.port)])
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(url)
-            page.wait_for_selector("#timeline canvas", timeout=60000)
-            page.wait_for_timeout(args.grid_seconds * 1000)
-            page.check("#explain-toggle")
-            page.wait_for_selector(".heat", timeout=30000)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(DOCS / "screenshot_grid.png"))
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(10)
+    with served_page(["--source", f"megamind={args.video}", "--source", "demo=demo"], args.port) as page:
+        page.wait_for_selector("#timeline canvas", timeout=60000)
+        page.wait_for_timeout(args.grid_seconds * 1000)
+        page.check("#explain-toggle")
+        page.wait_for_selector(".heat", timeout=30000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(DOCS / "screenshot_grid.png"))
 
 
 if __name__ == "__main__":
