@@ -7,7 +7,7 @@ writes them every ``flush_s`` seconds to ``DIR/<source name>/<UTC
 date>T<hour>.csv`` (a new file each hour) and flushes the file, so a crash
 or Ctrl-C loses at most the last second.  A write that fails (a full disk,
 a folder removed) is logged and its rows dropped; the stream goes on and
-the next flush tries again.
+the next flush tries again (the error is logged at most once a minute).
 """
 import collections
 import csv
@@ -90,6 +90,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._file = None
         self._path = None
+        self._lost = 0  # rows dropped by failed writes
+        self._logged_at = None  # when the last write error was logged (one line a minute at most)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flush_loop, name=f"recorder-{name}", daemon=True)
         self._thread.start()
@@ -131,9 +133,15 @@ class Recorder:
             self.rows_written += len(pending)
         except OSError as e:
             self.write_errors += 1
-            log.error("recording %s: cannot write %s (%s); %d rows lost, the stream goes on",
-                      self.name, self._path, e.strerror or e, len(pending))
+            self._lost += len(pending)
+            now = self.monotonic()
+            if self._logged_at is None or now - self._logged_at >= 60:  # not a line a second on a full disk
+                log.error("recording %s: cannot write %s (%s); %d rows lost so far, the stream goes on",
+                          self.name, self._path, e.strerror or e, self._lost)
+                self._logged_at = now
             self._close_file()
+            return
+        self._logged_at = None
 
     def _open(self, path):
         self._close_file()

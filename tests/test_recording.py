@@ -80,12 +80,15 @@ def test_a_full_disk_is_logged_and_recording_goes_on(tmp_path, monkeypatch, capl
     recorder.observe_frame(frame(1, [face(1, 0.5)]))
     with caplog.at_level(logging.ERROR, logger="recording"):
         recorder.flush()
-    assert recorder.write_errors == 1 and "No space left on device" in caplog.text and "1 rows lost" in caplog.text
+        recorder.observe_frame(frame(2, [face(1, 0.5), face(2, 0.5)]))
+        recorder.flush()  # fails again within the minute: counted, not logged again
+    assert recorder.write_errors == 2 and len(caplog.records) == 1
+    assert "No space left on device" in caplog.text and "1 rows lost so far" in caplog.text
     monkeypatch.setattr(recording, "hour_file", lambda folder, t: tmp_path / "after.csv")  # space again
-    recorder.observe_frame(frame(2, [face(1, 0.5)]))
+    recorder.observe_frame(frame(3, [face(1, 0.5)]))
     recorder.close()
-    assert [row[1] for row in read_rows(tmp_path / "after.csv")[1:]] == ["2"]
-    assert len(recorder.recent(60)) == 2  # the history kept both
+    assert [row[1] for row in read_rows(tmp_path / "after.csv")[1:]] == ["3"]
+    assert len(recorder.recent(60)) == 4  # the history kept every row
 
 
 def test_recent_keeps_only_the_asked_seconds(tmp_path):
