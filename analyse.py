@@ -20,6 +20,29 @@ from sources import SourceError, check_video_file
 #: The CSV columns: seconds and pixels, then one probability column per class.
 CSV_COLUMNS = ("frame", "time_s", "face_id", "x", "y", "w", "h", "label", "confidence")
 
+
+def csv_header(labels):
+    """``CSV_COLUMNS`` plus one lower-case probability column per class name in ``labels``."""
+    return CSV_COLUMNS + tuple(name.lower() for name in labels)
+
+
+def face_row(frame, time_s, face, labels):
+    """One CSV row (``csv_header``'s columns) of one ``pipeline.Face``.
+
+    Args:
+        frame: frame number (int).
+        time_s: seconds into the video (rounded to ms).
+        face: the ``pipeline.Face``.
+        labels: class names, in column order.
+
+    Returns:
+        A list: ints for the frame, id and box, floats for time (3 places)
+        and confidence and probabilities (4 places), the label string.
+    """
+    return [frame, round(time_s, 3), face.id, *(int(v) for v in face.box), face.label,
+            round(float(face.confidence), 4), *(round(float(face.probabilities[name]), 4) for name in labels)]
+
+
 FOURCC_BY_SUFFIX = {".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".mp4": "mp4v", ".m4v": "mp4v"}
 
 
@@ -77,7 +100,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
             temporaries.append((_temporary(csv_path), Path(csv_path)))
             csv_file = open(temporaries[-1][0], "w", newline="", encoding="utf-8")
             table = csv.writer(csv_file)
-            table.writerow(CSV_COLUMNS + tuple(name.lower() for name in labels))
+            table.writerow(csv_header(labels))
         pipeline.reset(restart_ids=True)  # face ids from 1, whatever this process analysed before
         counts = Counter()
         frames = frames_with_face = 0
@@ -95,9 +118,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
                     counts[face.label] += 1
                     confidence_sum += face.confidence
                     if table:
-                        table.writerow([frames, f"{frames / fps:.3f}", face.id, *face.box, face.label,
-                                        f"{face.confidence:.4f}",
-                                        *(f"{face.probabilities[name]:.4f}" for name in labels)])
+                        table.writerow(face_row(frames, frames / fps, face, labels))
                 frames += 1
                 frames_with_face += bool(faces)
                 bar.update()

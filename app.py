@@ -8,11 +8,12 @@ import threading
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from builders import build_camera, build_pipeline
+from builders import build_cameras, build_pipeline
+from cameras import Cameras, UnknownSourceError
 from config import Config
 from guards import too_large_message
 from images import ImageError, decode_image
-from payloads import faces_payload, live_payload, model_name
+from payloads import faces_payload, live_payload, model_name, with_explanations
 
 
 def create_app(config=None, camera=None):
@@ -20,31 +21,57 @@ def create_app(config=None, camera=None):
 
     Args:
         config: a ``config.Config``; defaults to ``Config()``.
-        camera: an existing ``camera.Camera``; built from ``config`` if None.
+        camera: an existing ``camera.Camera`` serving the first source (the
+            other ``config.source`` values, and if None the first, are opened
+            here by ``builders.build_cameras``), or a whole ``cameras.Cameras``.
 
-    Routes:
-        ``GET /``: the page: live stream, faces and their probabilities, upload, browser camera.
-        ``GET /healthz``: source state, frames processed, clients, seconds since
-            the last frame; 503 when streaming has stalled or failed.
-        ``GET /api/faces``: the faces of the latest frame.
+    Routes (``source=<name>`` picks a source; without it, the first; an
+    unknown name gets 404 JSON):
+        ``GET /``: the page: every source in a grid, faces and their
+            probabilities, a timeline, explanations, upload, browser camera.
+        ``GET /healthz``: the first source's state, frames processed,
+            clients, seconds since the last frame, and the same for every
+            source under ``sources``; 503 only when every source has
+            stalled or failed.
+        ``GET /api/faces?source=``: the faces of the latest frame.
+        ``?explain=1`` on ``/api/faces`` and ``/api/predict`` adds to each face an
+            ``explanation``: ``{"class": label, "heatmap": "data:image/png;base64,..."}``,
+            its Grad-CAM map (``explain.GradCam``) over the classifier's crop.
+        ``GET /api/history?source=&seconds=60``: the recorded rows of the
+            last ``seconds`` (at most ``recording.HISTORY_S``), with
+            ``--record`` only (404 JSON otherwise).
         ``POST /api/predict``: the faces of one uploaded image (multipart field
             ``image``, or the raw bytes with an ``image/*`` content type).
         Errors under ``/api/`` are JSON ``{"error": "..."}`` with a 4xx status.
         ``/video_feed`` and ``/api/events`` are ``server.LiveStreams``'.
     """
     config = config or Config()
-    camera = camera or build_camera(config)
+    cameras = camera if isinstance(camera, Cameras) else build_cameras(config, first=camera)
+    camera = cameras.first
     classifier = getattr(camera.pipeline, "classifier", None)
     model = model_name(classifier)
     # Uploads get their own detector (OpenCV cascades are not shared across
     # threads) searching larger images at a higher resolution than video frames.
     image_pipeline = build_pipeline(config, classifier, for_images=True) if classifier else None
     image_lock = threading.Lock()
+    explainers = []  # the GradCam, made at the first request that asks (it traces a graph)
+    explainer_lock = threading.Lock()
+
+    def explained(payload, faces):
+        if request.args.get("explain", "").lower() not in ("1", "true", "yes", "on") or classifier is None:
+            return payload
+        with explainer_lock:
+            if not explainers:
+                from explain import GradCam
+
+                explainers.append(GradCam(classifier))
+        return with_explanations(payload, explainers[0].explain(faces))
 
     app = Flask(__name__)
     app.json.sort_keys = False  # probabilities stay in the model's class order
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.extensions["camera"] = camera
+    app.extensions["cameras"] = cameras
 
     @app.errorhandler(HTTPException)
     def http_error(e):
@@ -53,6 +80,10 @@ def create_app(config=None, camera=None):
             return jsonify(error=message), e.code
         return e
 
+    @app.errorhandler(UnknownSourceError)
+    def unknown_source(e):
+        return jsonify(error=str(e)), 404
+
     @app.errorhandler(ImageError)
     def image_error(e):
         return jsonify(error=str(e)), e.status
@@ -60,23 +91,45 @@ def create_app(config=None, camera=None):
     @app.get("/")
     def index():
         return render_template("index.html", source=camera.name, notice=camera.notice,
+                               sources=[{"name": name, "label": c.name} for name, c in cameras],
                                labels=list(classifier.labels) if classifier else [])
+
+    def health(one):
+        age = one.seconds_since_frame()
+        stalled = one.state == "error" or (
+            one.state in ("streaming", "reconnecting") and age is not None
+            and age > config.health_max_frame_age_s)
+        return stalled, {"state": one.state, "source": one.name, "frames_processed": one.frames_processed,
+                         "clients": one.clients, "stalled": stalled,
+                         "seconds_since_last_frame": None if age is None else round(age, 2),
+                         "error": one.error}
 
     @app.get("/healthz")
     def healthz():
-        age = camera.seconds_since_frame()
-        stalled = camera.state == "error" or (
-            camera.state in ("streaming", "reconnecting") and age is not None
-            and age > config.health_max_frame_age_s)
-        body = {"state": camera.state, "source": camera.name, "frames_processed": camera.frames_processed,
-                "clients": camera.clients,
-                "seconds_since_last_frame": None if age is None else round(age, 2),
-                "error": camera.error}
-        return jsonify(body), 503 if stalled else 200
+        states = {name: health(one) for name, one in cameras}
+        body = dict(next(iter(states.values()))[1])  # the first source's, as before several sources
+        body["sources"] = {name: state for name, (_, state) in states.items()}
+        return jsonify(body), 503 if all(stalled for stalled, _ in states.values()) else 200
 
     @app.get("/api/faces")
     def faces():
-        return jsonify(live_payload(camera, camera.latest(), model))
+        one = cameras.get(request.args.get("source"))
+        frame = one.latest()
+        payload = live_payload(one, frame, model, cameras.name_of(one))
+        return jsonify(explained(payload, frame.faces if frame else []))
+
+    @app.get("/api/history")
+    def history():
+        name = request.args.get("source") or cameras.names[0]
+        cameras.get(name)  # 404 for an unknown name
+        recorder = cameras.recorders.get(name)
+        if recorder is None:
+            return jsonify(error="this server is not recording; start it with --record DIR"), 404
+        try:
+            seconds = float(request.args.get("seconds", 60))
+        except ValueError:
+            return jsonify(error="seconds must be a number"), 400
+        return jsonify(source=name, columns=list(recorder.columns), rows=recorder.recent(seconds))
 
     @app.post("/api/predict")
     def predict():
@@ -96,6 +149,6 @@ def create_app(config=None, camera=None):
         image = decode_image(data, config.max_image_pixels)
         with image_lock:
             found = image_pipeline.analyse_image(image)
-        return jsonify(faces_payload(found, image.shape[1], image.shape[0], model))
+        return jsonify(explained(faces_payload(found, image.shape[1], image.shape[0], model), found))
 
     return app

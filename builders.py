@@ -4,6 +4,8 @@ Shared by the server (``app.py``), offline analysis (``analyse.py`` through
 ``main.py``) and the benchmarks; nothing here imports Flask.
 """
 from camera import Camera
+from cameras import Cameras, parse_source_specs
+from config import source_specs
 from sources import resolve_source
 from classifier import Classifier
 from pipeline import FaceDetector, FramePipeline
@@ -29,14 +31,60 @@ def build_pipeline(config, classifier=None, for_images=False):
                          config.smoothing, config.image_pad if for_images else 0.0)
 
 
-def build_camera(config):
-    """``build_pipeline``, then open the configured source as a ``Camera``.
+def build_camera(config, source=None, classifier=None):
+    """``build_pipeline``, then open the configured source (or ``source``) as a ``Camera``.
+
+    Args:
+        config: a ``config.Config``.
+        source: one source string (default: the first of ``config.source``, its name dropped).
+        classifier: a ``classifier.Classifier`` to share (default: load one).
 
     Raises:
         classifier.ModelLoadError: the model files cannot be loaded.
         sources.SourceError: a file source is missing or undecodable.
+        cameras.SourceNameError: a bad ``NAME=`` in ``config.source``.
     """
-    pipeline = build_pipeline(config)
-    source, notice = resolve_source(config.source, config.demo_clip)
+    if source is None:
+        source = parse_source_specs(source_specs(config))[0][1]
+    pipeline = build_pipeline(config, classifier)
+    source, notice = resolve_source(source, config.demo_clip)
     return Camera(source, pipeline, loop=config.loop, idle_timeout_s=config.idle_timeout_s,
                   jpeg_quality=config.jpeg_quality, notice=notice)
+
+
+def build_cameras(config, first=None):
+    """One ``Camera`` per ``config.source`` value, sharing one classifier, as ``cameras.Cameras``.
+
+    Each camera has its own pipeline (tracker, cascade) and capture thread;
+    the classifier serialises inference under its lock.  With
+    ``config.record`` each camera gets a ``recording.Recorder`` as a frame
+    observer.
+
+    Args:
+        config: a ``config.Config``.
+        first: an existing ``Camera`` to serve as the first source instead
+            of opening it (tests, ``app.create_app(config, camera)``).
+
+    Raises:
+        classifier.ModelLoadError, sources.SourceError, cameras.SourceNameError:
+            as ``build_camera``.
+        OSError: the record folder cannot be written.
+    """
+    pairs = parse_source_specs(source_specs(config))
+    cameras = {}
+    classifier = getattr(getattr(first, "pipeline", None), "classifier", None)
+    for i, (name, source) in enumerate(pairs):
+        if i == 0 and first is not None:
+            cameras[name] = first
+            continue
+        cameras[name] = build_camera(config, source, classifier)
+        classifier = classifier or cameras[name].pipeline.classifier
+    recorders = {}
+    if config.record is not None:
+        from recording import Recorder
+
+        for name, camera in cameras.items():
+            labels = getattr(getattr(camera.pipeline, "classifier", None), "labels", None)
+            recorders[name] = Recorder(config.record, name, labels)
+            camera.add_frame_observer(recorders[name].observe_frame)
+    return Cameras(cameras, recorders)

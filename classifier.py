@@ -650,6 +650,19 @@ class Classifier:
         return cls(*load_model(model_path, weights_path, input_range=input_range, class_names=class_names),
                    **kwargs)
 
+    def model_input(self, faces):
+        """``faces`` as the model takes them: ``(N, H, W, C)`` float32, channels and range the model's.
+
+        Args:
+            faces: as ``predict`` takes them.
+        """
+        faces = np.ascontiguousarray(faces, np.float32)
+        if faces.shape[-1] != self.input_shape[2]:
+            faces = np.repeat(faces, self.input_shape[2], axis=-1)
+        if self._scale is not None:
+            faces = faces * self._scale[0] + self._scale[1]
+        return faces
+
     def predict(self, faces):
         """Class probabilities for a batch of faces.
 
@@ -665,11 +678,7 @@ class Classifier:
         """
         if len(faces) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        faces = np.ascontiguousarray(faces, np.float32)
-        if faces.shape[-1] != self.input_shape[2]:
-            faces = np.repeat(faces, self.input_shape[2], axis=-1)
-        if self._scale is not None:
-            faces = faces * self._scale[0] + self._scale[1]
+        faces = self.model_input(faces)
         if self.backend == "tf.function":
             return apply_temperature(self._graph(faces).numpy(), self.temperature)
         with self._lock:

@@ -41,7 +41,11 @@ class Config:
         keyfile: the PEM private key of ``certfile``.
         source: webcam index (``"0"``), video file path, stream URL that
             OpenCV opens (``rtsp://``, ``http://``), or ``"demo"`` for the
-            bundled clip.
+            bundled clip; ``NAME=SOURCE`` names it (letters, digits, ``-``
+            and ``_``; unnamed ones are cam0, cam1, ... in order).  Repeat
+            the flag to serve several sources at once (a tuple of these
+            strings; the env variable takes a comma-separated list); the
+            first one is also served on the routes without a name.
         model_path: the model: a Keras JSON architecture (``model.json``,
             Keras 3 or Keras 2 / tf.keras 2.x), or a whole saved model
             (``.h5``, ``.hdf5``, ``.keras``) whose own weights are used; see
@@ -111,6 +115,9 @@ class Config:
             README "Benchmarks"), ``"tflite"`` (float32, the Keras model's
             outputs to within 1e-6) or ``"tf.function"``; see
             ``classifier.Classifier``.
+        record: a folder to record every source's faces to, as CSV files
+            ``<record>/<source name>/<UTC date and hour>.csv`` (one per hour,
+            flushed every second; ``recording.Recorder``); unset: no recording.
     """
 
     host: str = "127.0.0.1"
@@ -119,7 +126,7 @@ class Config:
     no_token: bool = False
     certfile: Path = None
     keyfile: Path = None
-    source: str = "0"
+    source: typing.Union[str, tuple] = "0"
     model_path: Path = ROOT / "model.json"
     weights_path: Path = ROOT / "model_weights.h5"
     demo_clip: Path = ROOT / "demo" / "demo.mp4"
@@ -146,6 +153,7 @@ class Config:
     backend: str = "tflite-int8"
     input_range: str = None
     class_names: str = None
+    record: Path = None
 
 
 #: Prefix of the environment variables that set ``Config`` fields.
@@ -154,6 +162,22 @@ ENV_PREFIX = "FER_SERVER_"
 FLAG_NAMES = {"model_path": "--model", "weights_path": "--weights"}
 #: Allowed values of some fields.
 CHOICES = {"backend": BACKENDS}
+#: Fields whose flag may be repeated (a tuple of strings; the env variable is comma-separated).
+REPEATED = ("source",)
+
+
+class _Repeated(argparse.Action):
+    """``action="append"`` whose first use replaces the default instead of adding to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest)
+        items = [] if items is self.default else list(items)
+        setattr(namespace, self.dest, items + [values])
+
+
+def source_specs(config):
+    """``config.source`` as a list of strings, one per source (``"0"`` -> ``["0"]``)."""
+    return [config.source] if isinstance(config.source, str) else list(config.source)
 
 
 def field_help():
@@ -189,6 +213,8 @@ def _field_type(field):
     """The callable that turns a flag's text into the field's value."""
     hints = typing.get_type_hints(Config)
     kind = hints[field.name]
+    if field.name in REPEATED:
+        return str
     origin = typing.get_args(kind)
     if origin:  # Optional[X] and the like: the first non-None type
         kind = next(t for t in origin if t is not type(None))
@@ -221,14 +247,20 @@ def add_config_arguments(parser, fields=None, environ=None, exclude=()):
         convert = _field_type(field)
         default = field.default
         env_name = ENV_PREFIX + field.name.upper()
-        if env_name in environ:
+        if env_name in environ and field.name in REPEATED:
+            items = tuple(v.strip() for v in environ[env_name].split(",") if v.strip())
+            default = items[0] if len(items) == 1 else items
+        elif env_name in environ:
             try:
                 default = convert(environ[env_name])
             except ValueError as e:
                 raise ValueError(f"environment variable {env_name}: {e}") from None
         flag = FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
         text = f"{helps.get(field.name, '')} (default: %(default)s; env {env_name})"
-        if convert is _parse_bool and field.name.startswith("no_") and field.default is False:
+        if field.name in REPEATED:
+            parser.add_argument(flag, dest=field.name, action=_Repeated, default=default,
+                                help=text + "; repeatable", metavar=field.name.upper())
+        elif convert is _parse_bool and field.name.startswith("no_") and field.default is False:
             parser.add_argument(flag, dest=field.name, action="store_true", default=default, help=text)
         elif convert is _parse_bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
@@ -242,5 +274,8 @@ def add_config_arguments(parser, fields=None, environ=None, exclude=()):
 def config_from_args(args, **overrides):
     """The ``Config`` of parsed flags from ``add_config_arguments``; fields not on ``args`` keep their defaults."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    for name in REPEATED:  # one value stays a string, several become a tuple
+        if isinstance(values.get(name), list):
+            values[name] = values[name][0] if len(values[name]) == 1 else tuple(values[name])
     values.update(overrides)
     return Config(**values)

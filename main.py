@@ -154,32 +154,43 @@ def server_url(config):
 def preflight(config, offline=False):
     """The cheap start-up checks, before TensorFlow loads (which takes seconds).
 
-    Checks that a file source exists, that the model files (and the TLS
-    files, if any) exist and, for the server, that ``host:port`` can be
-    bound.
+    Checks each source's name (``cameras.parse_source_specs``), that each
+    file source exists, that the model files (and the TLS files, if any)
+    exist and, for the server, that the ``--record`` folder can be written
+    and ``host:port`` can be bound.
 
     Returns:
         The bound listening socket for the server (None offline), so no
         other process can take the port before the server starts.
 
     Raises:
-        sources.SourceError: a missing video file, or (offline) a source that is not a file.
+        sources.SourceError: a missing video file, or (offline) a source that
+            is not a file or more than one source.
+        cameras.SourceNameError: two sources with one name, or a name that
+            is not URL-safe (a ``ValueError``).
         classifier.ModelLoadError: a missing model file.
-        OSError: the port cannot be bound (in use, or not allowed), or a TLS
-            file is missing, with a sentence saying so.
+        OSError: the port cannot be bound (in use, or not allowed), a TLS
+            file is missing, or the record folder cannot be written, with a
+            sentence saying so.
     """
+    from cameras import parse_source_specs
     from classifier import ModelLoadError
+    from config import source_specs
     from sources import SourceError, check_file_exists, is_url, parse_source
 
-    source = parse_source(config.source)
-    if offline:
-        if isinstance(source, int) or is_url(source) or source == "demo":
-            raise SourceError("--output and --csv analyse a video file; give its path with --source")
-        check_file_exists(source)
-    elif source == "demo":
-        check_file_exists(config.demo_clip)
-    elif isinstance(source, str) and not is_url(source):
-        check_file_exists(source)
+    pairs = parse_source_specs(source_specs(config))
+    if offline and len(pairs) > 1:
+        raise SourceError("--output and --csv analyse one video file; give one --source")
+    for _, text in pairs:
+        source = parse_source(text)
+        if offline:
+            if isinstance(source, int) or is_url(source) or source == "demo":
+                raise SourceError("--output and --csv analyse a video file; give its path with --source")
+            check_file_exists(source)
+        elif source == "demo":
+            check_file_exists(config.demo_clip)
+        elif isinstance(source, str) and not is_url(source):
+            check_file_exists(source)
     for path, what in ((config.model_path, "architecture"), (config.weights_path, "weights")):
         if path is not None and not os.path.isfile(path):
             raise ModelLoadError(f"Cannot read the model {what} {path}: no such file.")
@@ -190,6 +201,10 @@ def preflight(config, offline=False):
     for path in (config.certfile, config.keyfile):
         if path is not None and not os.path.isfile(path):
             raise OSError(f"cannot read {path}: no such file")
+    if config.record is not None:
+        from recording import check_record_folder
+
+        check_record_folder(config.record, [name for name, _ in pairs])
     return bind(config.host, config.port)
 
 
@@ -243,31 +258,33 @@ def main(argv=None):
 def serve(config, listener, debug, started):
     """Load the model, open the source and serve on ``listener`` until Ctrl-C; returns the exit code."""
     from app import create_app
-    from builders import build_camera
     from classifier import ModelLoadError
     from server import serve as run_server
     from sources import SourceError
 
     try:
         with quiet_tensorflow():
-            camera = build_camera(config)
-    except (ModelLoadError, SourceError) as e:
+            app = create_app(config)  # every source's camera (builders.build_cameras)
+    except (ModelLoadError, SourceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(config, camera)
+    cameras = app.extensions["cameras"]
     app.debug = debug  # Flask's tracebacks in the log
-    logging.info("serving %s on %s (ready %.1f s after start)", camera.name, server_url(config),
+    logging.info("serving %s on %s (ready %.1f s after start)",
+                 ", ".join(f"{name}: {camera.name}" for name, camera in cameras), server_url(config),
                  time.monotonic() - started)
     try:
-        run_server(app, camera, config, listener, log_level="debug" if debug else "info")
+        run_server(app, cameras.first, config, listener, log_level="debug" if debug else "info")
     finally:
-        camera.close()  # release the webcam or file
+        cameras.close()  # stop the recorders, release the webcams and files
     return 0
 
 
 def analyse(args, config):
     """Offline mode: analyse --source into --output and/or --csv; returns the exit code."""
     from analyse import analyse_video, summary_text
+    from cameras import parse_source_specs
+    from config import source_specs
     from builders import build_pipeline
     from classifier import ModelLoadError
     from sources import SourceError
@@ -275,11 +292,12 @@ def analyse(args, config):
     try:
         with quiet_tensorflow():
             pipeline = build_pipeline(config)
-        summary = analyse_video(config.source, pipeline, args.output, args.csv)
+        source = parse_source_specs(source_specs(config))[0][1]
+        summary = analyse_video(source, pipeline, args.output, args.csv)
     except (ModelLoadError, SourceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary_text(summary, config.source))
+    print(summary_text(summary, source))
     for path in (args.output, args.csv):
         if path:
             print(f"wrote {path}")

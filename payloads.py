@@ -22,27 +22,38 @@ def faces_payload(faces, width, height, model):
             "model": model}
 
 
-def live_payload(camera, frame, model):
+def with_explanations(payload, explanations):
+    """Add each face's ``explain.GradCam.explain`` entry (when not None) as its ``explanation``; returns ``payload``."""
+    for face, explanation in zip(payload["faces"], explanations):
+        if explanation is not None:
+            face["explanation"] = explanation
+    return payload
+
+
+def live_payload(camera, frame, model, name=None):
     """The JSON of ``/api/faces`` and ``/api/events``: ``faces_payload`` plus the source's state.
 
     Args:
         camera: the ``camera.Camera``.
         frame: its ``camera.Frame`` to describe, or None before the first one.
         model: the model's name.
+        name: the source's name in URLs (``cameras.Cameras``), sent as ``name`` when given.
     """
     payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,
                             frame.height if frame else None, model)
     payload.update(source=camera.name, notice=camera.notice, error=camera.error,
                    state=camera.state, frame=frame.seq if frame else None)
+    if name is not None:
+        payload["name"] = name
     return payload
 
 
-def events_renderer(camera, model, interval_s):
+def events_renderer(camera, model, interval_s, name=None):
     """A factory of ``render(frame) -> str``, one renderer per ``/api/events`` client.
 
     Each renderer gives the server-sent event of ``live_payload``
     (``data: {...}`` and a blank line), or "" when less than ``interval_s``
-    seconds passed since the last event it gave.
+    seconds passed since the last event it gave.  ``name``: as ``live_payload``'s.
 
     Returns:
         ``() -> render``.
@@ -54,7 +65,7 @@ def events_renderer(camera, model, interval_s):
             if time.monotonic() - last[0] < interval_s:
                 return ""
             last[0] = time.monotonic()
-            return event_message(json.dumps(live_payload(camera, frame, model)))
+            return event_message(json.dumps(live_payload(camera, frame, model, name)))
 
         return render
 

@@ -26,6 +26,9 @@ class Face:
         label: the most probable class name.
         confidence: its probability, in [0, 1].
         probabilities: ``{class name: probability}`` over every class.
+        crop: the classifier's input for this face, ``(H, W, C)`` float32
+            in [0, 1] (a view of the frame's batch, kept for
+            ``explain.GradCam``; None when not made by a ``FramePipeline``).
     """
 
     box: tuple
@@ -33,6 +36,7 @@ class Face:
     confidence: float
     probabilities: dict = field(default_factory=dict)
     id: int = None
+    crop: object = field(default=None, compare=False, repr=False)
 
     def to_json(self):
         """The face as JSON-ready data: ``box`` a list of 4 ints, floats rounded to 4 places."""
@@ -313,7 +317,8 @@ class FramePipeline:
         gray = _grayscale(frame)
         tracks = self.tracker.update(gray)
         detected = time.perf_counter()
-        probs = self._classify(gray, [t.box for t in tracks], frame)
+        crops = self._crops(gray, [t.box for t in tracks], frame)
+        probs = self._predict(crops)
         smoothed = {}
         for track, p in zip(tracks, probs):
             previous = self._smoothed.get(track.id)
@@ -321,7 +326,7 @@ class FramePipeline:
                 p = self.smoothing * previous + (1.0 - self.smoothing) * p
             smoothed[track.id] = p
         self._smoothed = smoothed
-        faces = [self._face(t.box, smoothed[t.id], t.id) for t in tracks]
+        faces = [self._face(t.box, smoothed[t.id], t.id, crop) for t, crop in zip(tracks, crops)]
         self.timings = {"detect": (detected - started) * 1e3,
                         "classify": (time.perf_counter() - detected) * 1e3}
         return faces
@@ -348,8 +353,9 @@ class FramePipeline:
         image = to_uint8_image(image)
         gray = _grayscale(image)
         boxes = self.detector.detect_padded(gray, self.image_pad)
-        probs = self._classify(gray, boxes, image)
-        return [self._face(b, p) for b, p in zip(clip_boxes(boxes, gray.shape), probs)]
+        crops = self._crops(gray, boxes, image)
+        return [self._face(b, p, None, crop)
+                for b, p, crop in zip(clip_boxes(boxes, gray.shape), self._predict(crops), crops)]
 
     def process(self, frame):
         """``analyse`` then draw: returns ``(annotated BGR copy, faces)``.
@@ -365,21 +371,25 @@ class FramePipeline:
         self.timings["draw"] = (time.perf_counter() - started) * 1e3
         return annotated, faces
 
-    def _classify(self, gray, boxes, frame=None):
-        """``(N, classes)`` probabilities of the faces in ``boxes``: grayscale crops, or, for a model
+    def _crops(self, gray, boxes, frame=None):
+        """``(N, H, W, C)`` classifier inputs of the faces in ``boxes``: grayscale crops, or, for a model
         taking 3 channels, RGB crops of a BGR ``frame`` (given as ``analyse`` received it)."""
-        if len(boxes) == 0:
-            return np.zeros((0, len(self.classifier.labels)), np.float32)
         height, width, channels = self.classifier.input_shape
+        if len(boxes) == 0:
+            return np.zeros((0, height, width, 1), np.float32)
         size = height if height == width else (height, width)
         if channels == 3 and frame is not None and frame.ndim == 3:
-            crops = crop_faces(to_uint8_image(frame), np.asarray(boxes), size, self.crop_margin)[..., ::-1]
-        else:
-            crops = crop_faces(gray, np.asarray(boxes), size, self.crop_margin)
+            return crop_faces(to_uint8_image(frame), np.asarray(boxes), size, self.crop_margin)[..., ::-1]
+        return crop_faces(gray, np.asarray(boxes), size, self.crop_margin)
+
+    def _predict(self, crops):
+        """``(N, classes)`` probabilities of ``_crops``' output."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classifier.labels)), np.float32)
         return self.classifier.predict(crops)
 
-    def _face(self, box, p, track_id=None):
+    def _face(self, box, p, track_id=None, crop=None):
         labels = self.classifier.labels
         best = int(np.argmax(p))
         return Face(tuple(int(v) for v in box), labels[best], float(p[best]),
-                    dict(zip(labels, (float(v) for v in p))), track_id)
+                    dict(zip(labels, (float(v) for v in p))), track_id, crop)

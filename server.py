@@ -18,6 +18,9 @@ viewer (``python -m bench.clients``).
 import asyncio
 import json
 import logging
+from urllib.parse import parse_qs
+
+from cameras import Cameras, UnknownSourceError
 
 from guards import TokenGate, buffer_body, content_length, refuse, too_large_message
 from metrics import Metrics
@@ -183,34 +186,61 @@ def create_asgi_app(app, camera, config, render_events=None):
 
     Args:
         app: the Flask app of ``app.create_app`` (every route but the streams).
-        camera: the ``camera.Camera`` whose frames are streamed.
+        camera: the ``camera.Camera`` whose frames are streamed on the
+            routes without a source name (the first source); the others
+            come from ``app.extensions["cameras"]`` (``cameras.Cameras``)
+            when the app has them.
         config: the ``config.Config``: ``max_clients``, ``events_interval_s``,
             ``max_upload_bytes``, and ``token`` (None: no token asked).
         render_events: ``() -> render(frame) -> str`` for ``/api/events``
-            (default: ``payloads.events_renderer`` of ``camera``).
+            of the first source (default: ``payloads.events_renderer`` of ``camera``).
 
     Returns:
         An ASGI callable.  From the outside in: the request counter of
         ``/metrics``; with ``config.token``, the ``guards.TokenGate`` (401
         without the token; ``/healthz`` open); a body over
         ``max_upload_bytes`` refused with 413 (by its ``Content-Length``,
-        or while it is read); then ``/video_feed`` and ``/api/events`` go to
-        ``LiveStreams`` (405 to methods other than ``GET`` and ``HEAD``),
-        ``/metrics`` to ``metrics.Metrics``, and every other request, its
-        body read first, to Flask through a pool of ``max_clients + 8``
-        threads.  Its ``streams`` attribute is the ``LiveStreams``, its
-        ``metrics`` the ``Metrics``.
+        or while it is read); then ``/video_feed``, ``/video_feed/<name>``
+        and ``/api/events[?source=<name>]`` go to that source's
+        ``LiveStreams`` (405 to methods other than ``GET`` and ``HEAD``; 404
+        JSON for an unknown name), ``/metrics`` (the first source's
+        figures) to ``metrics.Metrics``, and every other request, its body
+        read first, to Flask through a pool of ``max_clients + 8`` threads.
+        Its ``streams`` attribute is the first source's ``LiveStreams``,
+        ``all_streams`` every source's by name, ``metrics`` the ``Metrics``.
     """
     from a2wsgi import WSGIMiddleware
 
-    render_events = render_events or events_renderer(
-        camera, model_name(getattr(camera.pipeline, "classifier", None)), config.events_interval_s)
-    streams = LiveStreams(camera, config.max_clients, render_events)
+    cameras = getattr(app, "extensions", {}).get("cameras")
+    if cameras is None or cameras.first is not camera:
+        cameras = Cameras({"cam0": camera})
+    model = model_name(getattr(camera.pipeline, "classifier", None))
+    all_streams = {}
+    for name, one in cameras:
+        renderer = render_events if one is camera and render_events else events_renderer(
+            one, model, config.events_interval_s, name)
+        all_streams[name] = LiveStreams(one, config.max_clients, renderer)
+    streams = all_streams[cameras.names[0]]
     metrics = Metrics(camera)
     camera.add_frame_observer(metrics.observe_frame)
     routes = {"/video_feed": streams.video_feed, "/api/events": streams.events, "/metrics": metrics.endpoint}
     flask = WSGIMiddleware(app, workers=config.max_clients + 8)
     limit = config.max_upload_bytes
+
+    def source_route(scope):
+        """The stream handler of a named source, or None when the path is no stream with a name."""
+        path = scope.get("path", "")
+        if path.startswith("/video_feed/"):
+            return all_streams_get(path[len("/video_feed/"):]).video_feed
+        if path == "/api/events":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            name = query.get("source", [""])[0]
+            return all_streams_get(name).events if name else None
+        return None
+
+    def all_streams_get(name):
+        cameras.get(name)  # raises UnknownSourceError with the list of names
+        return all_streams[name]
 
     async def front(scope, receive, send):
         if scope["type"] != "http":
@@ -218,7 +248,12 @@ def create_asgi_app(app, camera, config, render_events=None):
         length = content_length(scope)
         if length is not None and length > limit:
             return await refuse(scope, receive, send, 413, too_large_message(limit))
-        handler = routes.get(scope.get("path"))
+        try:
+            handler = source_route(scope) or routes.get(scope.get("path"))
+        except UnknownSourceError as e:
+            await send({"type": "http.response.start", "status": 404, "headers": _headers("application/json")})
+            await send({"type": "http.response.body", "body": json.dumps({"error": str(e)}).encode()})
+            return
         if handler is not None:
             return await handler(scope, receive, send)
         receive = await buffer_body(scope, receive, send, limit)
@@ -231,6 +266,7 @@ def create_asgi_app(app, camera, config, render_events=None):
         await counted(scope, receive, send)
 
     asgi.streams = streams
+    asgi.all_streams = all_streams
     asgi.metrics = metrics
     return asgi
 
@@ -262,7 +298,7 @@ def serve(app, camera, config, listener, log_level="info"):
 def make_server(asgi, request_timeout_s, **options):
     """A ``uvicorn.Server`` for ``create_asgi_app``'s ``asgi``, with two additions.
 
-    - Ctrl-C (or SIGTERM) first ends the streams (``LiveStreams.shutdown``);
+    - Ctrl-C (or SIGTERM) first ends the streams of every source (``LiveStreams.shutdown``);
       uvicorn alone would wait for them and then cut them.
     - A connection that has not sent a whole request ``request_timeout_s``
       seconds after it opened is closed.  uvicorn has no such timeout (its
@@ -285,7 +321,8 @@ def make_server(asgi, request_timeout_s, **options):
             self.opened_at = {}  # connection -> loop time it was first seen without a request
 
         def handle_exit(self, sig, frame):
-            asgi.streams.shutdown()
+            for streams in getattr(asgi, "all_streams", {"": asgi.streams}).values():
+                streams.shutdown()
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter):

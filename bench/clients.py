@@ -1,13 +1,28 @@
 """Frames delivered to concurrent MJPEG clients by the real server, and its CPU use.
 
     python -m bench.clients --source demo --clients 1,5 --seconds 10
+    python -m bench.clients --source VIDEO --sources 1,2,4,6 [--json]
+    python -m bench.clients --source VIDEO --check-recording 2 --seconds 60
 
 Starts ``python main.py`` on a free 127.0.0.1 port, measures the time from
 launch to the first JPEG received, then for each client count N opens N
 concurrent ``GET /video_feed`` connections for ``--seconds`` seconds and
 reports the frames per second each client received and the server
 process's CPU use (percent of one core, from ``/proc/PID/stat``).
+
+``--sources 1,2,4,6`` serves N copies of the video at once (``--source
+s0=VIDEO --source s1=VIDEO ...``, a fresh server for each N), one viewer
+reading ``/video_feed/s<i>`` each, and reports each source's frames per
+second against the file's own rate, and the server's CPU.
+
+``--check-recording N`` serves N copies with ``--record`` and
+``--events-interval-s 0`` (an event per frame), reads every source's
+``/api/events`` for ``--seconds``, stops the server, and compares the
+(frame, face id) pairs of the recorded CSV rows with those the viewers
+saw: rows missing and rows written twice.
 """
+import csv
+import tempfile
 import argparse
 import http.client
 import json
@@ -34,45 +49,53 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def read_parts(port, seconds, counts, index, first_part=None, headers=None):
-    """Count the MJPEG parts of ``/video_feed`` received within ``seconds`` (``headers``: e.g. the token)."""
+def stream_chunks(port, path, seconds, headers=None):
+    """Yield the body chunks of ``GET path`` as they arrive, for ``seconds`` (or until the server ends it)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/video_feed", headers=headers or {})
+    conn.request("GET", path, headers=headers or {})
     response = conn.getresponse()
-    boundary = b"--frame\r\n"
     deadline = time.monotonic() + seconds
-    buffer = b""
     try:
         while time.monotonic() < deadline:
             chunk = response.read1(65536)
             if not chunk:
                 break
-            buffer += chunk
-            n = buffer.count(boundary)
-            if n:
-                counts[index] += n
-                if first_part is not None and not first_part.is_set():
-                    first_part.set()
-                buffer = buffer[buffer.rfind(boundary) + len(boundary):]
+            yield chunk
     finally:
         conn.close()
 
 
+def read_parts(port, seconds, counts, index, first_part=None, headers=None, path="/video_feed"):
+    """Count the MJPEG parts of ``path`` received within ``seconds`` (``headers``: e.g. the token)."""
+    boundary = b"--frame\r\n"
+    buffer = b""
+    for chunk in stream_chunks(port, path, seconds, headers):
+        buffer += chunk
+        n = buffer.count(boundary)
+        if n:
+            counts[index] += n
+            if first_part is not None and not first_part.is_set():
+                first_part.set()
+            buffer = buffer[buffer.rfind(boundary) + len(boundary):]
+
+
 def start_server(source, port, extra=()):
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--source", source,
+    """``python main.py --source SOURCE`` (a string, or a list: one ``--source`` each) on ``port``."""
+    sources = [source] if isinstance(source, str) else list(source)
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *(a for s in sources for a in ("--source", s)),
                              "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
 
 
-def wait_first_frame(server, port, timeout_s=120, headers=None):
-    """Seconds from now until the first MJPEG part arrives from a fresh server."""
+def wait_first_frame(server, port, timeout_s=120, headers=None, path="/video_feed"):
+    """Seconds from now until the first MJPEG part of ``path`` arrives from a fresh server."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if server.poll() is not None:
             raise SystemExit(f"server exited: {server.stderr.read().decode()[-2000:]}")
         try:
             first = threading.Event()
-            read_parts(port, 0.5, [0], 0, first, headers)
+            read_parts(port, 0.5, [0], 0, first, headers, path)
             if first.is_set():
                 return time.monotonic() - started
         except OSError:
@@ -80,19 +103,25 @@ def wait_first_frame(server, port, timeout_s=120, headers=None):
     raise SystemExit("no frame from the server within the timeout")
 
 
-def measure(server, port, clients, seconds):
-    counts = [0] * clients
-    threads = [threading.Thread(target=read_parts, args=(port, seconds, counts, i)) for i in range(clients)]
+def read_concurrently(server, port, seconds, paths):
+    """One viewer per path at once for ``seconds``: ``(parts received per viewer, server CPU % of one core)``."""
+    counts = [0] * len(paths)
+    threads = [threading.Thread(target=read_parts, args=(port, seconds, counts, i), kwargs={"path": path})
+               for i, path in enumerate(paths)]
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+    return counts, round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
+
+
+def measure(server, port, clients, seconds):
+    counts, cpu = read_concurrently(server, port, seconds, ["/video_feed"] * clients)
     fps = [c / seconds for c in counts]
     return {"clients": clients, "fps_per_client_mean": round(sum(fps) / clients, 2),
-            "fps_per_client_min": round(min(fps), 2),
-            "server_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1)}
+            "fps_per_client_min": round(min(fps), 2), "server_cpu_percent": cpu}
 
 
 def run_clients(source, client_counts, seconds, extra=()):
@@ -123,14 +152,121 @@ def run_clients(source, client_counts, seconds, extra=()):
         server.wait(10)
 
 
+def video_fps(path):
+    """The frame rate a video file declares (``CAP_PROP_FPS``), or None."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return fps if fps and fps > 0 else None
+
+
+def run_sources(source, source_counts, seconds, extra=()):
+    """For each N, serve N copies of ``source`` with one viewer each; prints and returns the figures.
+
+    Returns:
+        ``{"source", "source_fps", "runs": [{"sources": N, "fps": [per source], "fps_min",
+        "share_min" (slowest fps / the file's rate), "server_cpu_percent", "load_average"}]}``.
+    """
+    rate = video_fps(source)
+    runs = []
+    for n in source_counts:
+        port = free_port()
+        names = [f"s{i}" for i in range(n)]
+        server = start_server([f"{name}={source}" for name in names], port, extra)
+        try:
+            for name in names:
+                wait_first_frame(server, port, path=f"/video_feed/{name}")
+            time.sleep(2.0)  # the viewers of the warm-up are gone and their threads settled
+            counts, cpu = read_concurrently(server, port, seconds, [f"/video_feed/{name}" for name in names])
+        finally:
+            server.terminate()
+            server.wait(10)
+        fps = [round(c / seconds, 2) for c in counts]
+        runs.append({"sources": n, "fps": fps, "fps_min": min(fps),
+                     "share_min": round(min(fps) / rate, 3) if rate else None,
+                     "server_cpu_percent": cpu,
+                     "load_average": os.getloadavg()[0]})
+        r = runs[-1]
+        print(f"{n} source(s): fps per source {', '.join(f'{v:.1f}' for v in fps)} (slowest "
+              f"{100 * (r['share_min'] or 0):.0f}% of {rate or 0:.1f}), server CPU {r['server_cpu_percent']:.0f}% "
+              f"of one core, load average {r['load_average']:.2f}", flush=True)
+    return {"source": str(source), "source_fps": rate, "runs": runs}
+
+
+def read_events(port, path, seconds, seen):
+    """Collect ``(frame, face ids)`` of every server-sent event of ``path`` within ``seconds`` into ``seen``."""
+    buffer = b""
+    for chunk in stream_chunks(port, path, seconds):
+        buffer += chunk
+        *messages, buffer = buffer.split(b"\n\n")
+        for message in messages:
+            if message.startswith(b"data: "):
+                event = json.loads(message[6:])
+                seen.append((event["frame"], tuple(f["id"] for f in event["faces"])))
+
+
+def check_recording(source, n, seconds, extra=()):
+    """Serve ``n`` copies of ``source`` with ``--record``; compare the recorded rows with the frames seen.
+
+    Returns:
+        ``{"sources": n, "seconds", "per_source": {name: {"frames_seen", "rows", "missing", "twice",
+        "unseen"}}}``: rows missing for (frame, face) pairs a viewer saw, (frame, face) pairs
+        written more than once, and rows of frames inside the viewed span that no viewer saw.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="fer-record-"))
+    port = free_port()
+    names = [f"s{i}" for i in range(n)]
+    server = start_server([f"{name}={source}" for name in names], port,
+                          ["--record", str(folder), "--events-interval-s", "0", *extra])
+    seen = {name: [] for name in names}
+    try:
+        for name in names:
+            wait_first_frame(server, port, path=f"/video_feed/{name}")
+        threads = [threading.Thread(target=read_events, args=(port, f"/api/events?source={name}", seconds,
+                                                              seen[name])) for name in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.terminate()  # Ctrl-C's path: the recorders write what they hold
+        server.wait(20)
+    result = {}
+    for name in names:
+        pairs = {(frame, face) for frame, faces in seen[name] for face in faces}
+        first, last = min(f for f, _ in seen[name]), max(f for f, _ in seen[name])
+        rows = []
+        for path in sorted((folder / name).glob("*.csv")):
+            with open(path, newline="") as f:
+                rows += [(int(r["frame"]), int(r["face_id"])) for r in csv.DictReader(f)]
+        in_span = [r for r in rows if first <= r[0] <= last]
+        result[name] = {"frames_seen": len(seen[name]), "faces_seen": len(pairs), "rows": len(in_span),
+                        "missing": len(pairs - set(in_span)), "twice": len(in_span) - len(set(in_span)),
+                        "unseen": len(set(in_span) - pairs)}
+        print(f"{name}: {result[name]}", flush=True)
+    return {"sources": n, "seconds": seconds, "folder": str(folder), "per_source": result}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="demo", help="what main.py streams (default: demo)")
     p.add_argument("--clients", default="1,5", help="comma-separated client counts")
+    p.add_argument("--sources", help="comma-separated source counts: N copies of --source, one viewer each")
+    p.add_argument("--check-recording", type=int, metavar="N",
+                   help="serve N copies with --record and check the rows against the frames seen")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
     args, extra = p.parse_known_args(argv)  # the rest are main.py's flags (server settings)
-    result = run_clients(args.source, [int(v) for v in args.clients.split(",")], args.seconds, extra)
-    print(json.dumps(result))
+    if args.check_recording:
+        result = check_recording(args.source, args.check_recording, args.seconds, extra)
+    elif args.sources:
+        result = run_sources(args.source, [int(v) for v in args.sources.split(",")], args.seconds, extra)
+    else:
+        result = run_clients(args.source, [int(v) for v in args.clients.split(",")], args.seconds, extra)
+    if args.json or not (args.sources or args.check_recording):
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

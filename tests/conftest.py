@@ -90,7 +90,7 @@ def make_app():
 
     yield make
     for app in apps:
-        app.extensions["camera"].close()
+        app.extensions["cameras"].close()
 
 
 @pytest.fixture

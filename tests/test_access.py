@@ -18,7 +18,9 @@ from config import Config
 
 TOKEN = "s3cret-token_for.tests"
 ROUTES = [("GET", "/"), ("GET", "/video_feed"), ("GET", "/api/events"), ("GET", "/api/faces"),
-          ("POST", "/api/predict"), ("GET", "/metrics"), ("GET", "/nothing")]
+          ("POST", "/api/predict"), ("GET", "/metrics"), ("GET", "/nothing"), ("GET", "/video_feed/cam0"),
+          ("GET", "/api/events?source=cam0"), ("GET", "/api/faces?source=cam0&explain=1"),
+          ("GET", "/api/history?source=cam0"), ("POST", "/api/predict?explain=1")]
 
 
 @pytest.fixture
@@ -43,7 +45,8 @@ def test_every_route_but_healthz_needs_the_token(serve, model_config):
         assert b"www-authenticate: bearer" in head.lower()
         assert status_of(port, method, path, "Authorization: Bearer wrong-token-123\r\n")[0] == 401, path
         status, _ = status_of(port, method, path, f"Authorization: Bearer {TOKEN}\r\n")
-        assert status == {"/api/predict": 415, "/nothing": 404}.get(path, 200), path
+        assert status == {"/api/predict": 415, "/api/predict?explain=1": 415, "/nothing": 404,
+                          "/api/history?source=cam0": 404}.get(path, 200), path  # (no --record here)
     unauthorised = read_until(request(port, "/api/faces"), b"}")
     assert b'"error": "this server needs its access token' in unauthorised
     assert b'"faces"' not in unauthorised  # no face data without the token
@@ -137,7 +140,8 @@ def test_other_early_refusals_reach_urllib_too(serve, model_config):
 
 def test_placeholder_and_keepalive_parts_are_marked(serve, make_camera, pass_through):
     world = {"up": True, "opens": 0, "n": 0}
-    camera = make_camera(0, pass_through, open_capture=lambda s: FakeLive(world), max_backoff_s=0.2)
+    # reopening waits 0.25, 0.5, 1 s...: keep-alives (every 0.3 s without news) come between placeholders
+    camera = make_camera(0, pass_through, open_capture=lambda s: FakeLive(world), max_backoff_s=2.0)
     port, asgi = serve(Config(), camera)
     asgi.streams.keepalive_s = 0.3
     sock = request(port, "/video_feed")

@@ -98,3 +98,33 @@ def test_browser_camera_mode_sends_frames_to_the_api(server):
         assert not page.locator("#server-view").is_visible()
         assert page.evaluate("document.getElementById('stream').getAttribute('src')") == ""
         browser.close()
+
+
+def test_grid_timeline_and_explanations(clip, tiny_model_files, serve, page, tmp_path):
+    model_path, weights_path = tiny_model_files
+    port, _ = serve(Config(source=(f"left={clip}", f"right={clip}"), model_path=model_path,
+                           weights_path=weights_path), None)
+    page.goto(f"http://127.0.0.1:{port}")
+    assert page.locator(".tile").count() == 2
+    for stream in ("#stream", "#stream-right"):  # both streams deliver
+        page.wait_for_function(f"document.querySelector('{stream}').naturalWidth === 320", timeout=15000)
+    page.click(".tile[data-source=right]")
+    assert page.locator(".tile.focused").get_attribute("data-source") == "right"
+    assert page.locator("#focused-name").text_content() == "(right)"
+
+    # the timeline of the focused source grows with its events
+    page.wait_for_selector("#timeline canvas", timeout=15000)
+    points = int(page.locator("#timeline canvas").first.get_attribute("data-points"))
+    page.wait_for_function(f"Number(document.querySelector('#timeline canvas').dataset.points) > {points}",
+                           timeout=10000)
+    page.wait_for_function("document.querySelector('.tile[data-source=left] .tile-faces').textContent"
+                           ".includes('#')", timeout=10000)  # the other tile lists its own faces
+
+    page.check("#explain-toggle")
+    page.wait_for_function("[...document.querySelectorAll('.tile[data-source=right] .heat')]"
+                           ".some((h) => h.naturalWidth === 48)", timeout=15000)
+    shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "browser_grid.png"), full_page=True)
+    page.uncheck("#explain-toggle")
+    assert page.locator(".heat").count() == 0

@@ -1,0 +1,142 @@
+"""Grad-CAM heat maps: which pixels of a face crop drove the predicted expression.
+
+Gradient-weighted Class Activation Mapping (Selvaraju et al. 2017,
+"Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization", ICCV): with ``A`` the feature maps of the last convolutional
+block and ``y_c`` the class score before the softmax, each channel ``k`` is
+weighted by ``alpha_k = mean_ij dy_c / dA_ij^k`` and the map is
+``ReLU(sum_k alpha_k A^k)``, upsampled to the crop and scaled to [0, 1].
+
+The server's classifier may run through TensorFlow Lite, which has no
+gradients, so ``GradCam`` works on the Keras model (``Classifier.model``)
+with ``tf.GradientTape``.  It is only computed when a request asks for it
+(``?explain=1``), so the stream's cost per frame is unchanged.
+"""
+import base64
+import threading
+
+import cv2
+import numpy as np
+
+
+def last_conv_layer(model):
+    """The last layer with a 4-D ``(N, H, W, C)`` output that is not a pooling layer (the last conv block).
+
+    Raises:
+        ValueError: the model has no such layer.
+    """
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None) is not None and tuple(layer.output.shape)
+        if shape and len(shape) == 4 and "Pooling" not in type(layer).__name__ and not layer.name.startswith("input"):
+            return layer
+    raise ValueError(f"model {model.name} has no convolutional layer to explain")
+
+
+class GradCam:
+    """Grad-CAM of a ``classifier.Classifier``'s Keras model.
+
+    Args:
+        classifier: the ``Classifier`` (its ``model``, ``input_shape``,
+            ``labels`` and ``model_input`` are used).
+        layer: name of the layer to explain (default: ``last_conv_layer``).
+
+    The class score is the logit: the input of a final ``softmax``
+    ``Activation`` layer, or the pre-activation of a final ``Dense`` layer
+    with a softmax; for other models, the output itself.
+
+    Raises:
+        ValueError: no layer to explain.
+    """
+
+    def __init__(self, classifier, layer=None):
+        import keras
+        import tensorflow as tf
+
+        model = classifier.model
+        self.classifier = classifier
+        self.layer = model.get_layer(layer) if layer else last_conv_layer(model)
+        last = model.layers[-1]
+        activation = getattr(getattr(last, "activation", None), "__name__", None)
+        self._dense = None
+        if isinstance(last, keras.layers.Activation) and activation == "softmax":
+            score = last.input  # the logits
+        elif isinstance(last, keras.layers.Dense) and activation == "softmax":
+            score, self._dense = last.input, last  # logits = input @ kernel + bias
+        else:
+            score = model.outputs[0]
+        self._model = keras.Model(model.inputs, [self.layer.output, score])
+        self._lock = threading.Lock()
+        self._maps = tf.function(self._grad_cam, input_signature=[
+            tf.TensorSpec([None, *classifier.input_shape], tf.float32), tf.TensorSpec([None], tf.int32)])
+
+    def _grad_cam(self, x, classes):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            features, score = self._model(x, training=False)
+            features = tf.cast(features, tf.float32)
+            score = tf.cast(score, tf.float32)
+            if self._dense is not None:
+                score = tf.matmul(score, tf.cast(self._dense.kernel, tf.float32)) + tf.cast(self._dense.bias,
+                                                                                            tf.float32)
+            chosen = tf.gather(score, classes, batch_dims=1)
+        grads = tape.gradient(chosen, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+
+    def heatmaps(self, crops, classes):
+        """Grad-CAM maps of ``crops`` for ``classes``.
+
+        Args:
+            crops: ``(N, H, W, C)`` float32 in [0, 1], as ``Classifier.predict`` takes them.
+            classes: ``N`` class indices (the predicted ones).
+
+        Returns:
+            ``(N, H, W)`` float32 in [0, 1], ``(H, W)`` the model's input
+            size; each map divided by its maximum (all zeros where no
+            pixel counts for the class).
+        """
+        height, width = self.classifier.input_shape[:2]
+        if len(crops) == 0:
+            return np.zeros((0, height, width), np.float32)
+        x = self.classifier.model_input(np.asarray(crops))
+        with self._lock:
+            maps = self._maps(x, np.asarray(classes, np.int32)).numpy()
+        out = np.empty((len(maps), height, width), np.float32)
+        for i, cam in enumerate(maps):
+            peak = float(cam.max())
+            cam = cam / peak if peak > 0 else np.zeros_like(cam)
+            out[i] = np.clip(cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+        return out
+
+    def explain(self, faces):
+        """``{"class": name, "heatmap": PNG data URL}`` for each ``pipeline.Face`` (None without a crop).
+
+        The PNG is ``heatmap_png`` of the face's map for its predicted class.
+        """
+        known = [(i, f) for i, f in enumerate(faces) if f.crop is not None]
+        result = [None] * len(faces)
+        if not known:
+            return result
+        labels = list(self.classifier.labels)
+        classes = [labels.index(f.label) for _, f in known]
+        maps = self.heatmaps(np.stack([f.crop for _, f in known]), classes)
+        for (i, face), cam in zip(known, maps):
+            result[i] = {"class": face.label, "heatmap": png_data_url(heatmap_png(cam))}
+        return result
+
+
+def heatmap_png(cam):
+    """An ``(H, W)`` map in [0, 1] as an RGBA PNG (bytes): the jet colour map, alpha rising with the value."""
+    level = np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)
+    bgra = cv2.cvtColor(cv2.applyColorMap(level, cv2.COLORMAP_JET), cv2.COLOR_BGR2BGRA)
+    bgra[..., 3] = (level.astype(np.uint16) * 220 // 255).astype(np.uint8)
+    ok, png = cv2.imencode(".png", bgra)
+    if not ok:
+        raise ValueError("OpenCV could not encode the heat map as PNG")
+    return png.tobytes()
+
+
+def png_data_url(png):
+    """``data:image/png;base64,...`` of PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
