@@ -37,7 +37,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from config import ROOT, Config
+from config import ROOT, Config, source_specs
 
 #: File name extensions (lower case) taken as videos; other files are counted and ignored.
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv",
@@ -623,7 +623,11 @@ def add_batch_arguments(parser):
 
 def run_from_args(args, config):
     """``main.py``'s batch dispatch: ``run_batch`` with the parsed flags; returns the exit code."""
-    return run_batch(args.source, args.csv_dir, args.output_dir, args.workers, args.ray, args.force,
+    sources = source_specs(config)
+    if len(sources) != 1:
+        print("error: --csv-dir analyses one --source (a folder, a glob or a list file)", file=sys.stderr)
+        return 2
+    return run_batch(sources[0], args.csv_dir, args.output_dir, args.workers, args.ray, args.force,
                      args.retry_errors, config)
 
 
