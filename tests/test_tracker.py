@@ -83,6 +83,7 @@ class ScriptedClassifier:
 
     labels = ("A", "B", "C")
     input_size = 48
+    input_shape = (48, 48, 1)
 
     def __init__(self, script):
         self.script = iter(script)
