@@ -83,7 +83,7 @@ def read_labels(model_path):
     Raises:
         BatchInputError: the file cannot be read or is not JSON.
     """
-    from classifier import FER2013_LABELS, LABELS_KEY
+    from model_files import FER2013_LABELS, LABELS_KEY
 
     try:
         config = json.loads(Path(model_path).read_text(encoding="utf-8"))
@@ -278,7 +278,7 @@ def build_worker_pipeline(config, threads=1):
     too, so that call it before anything else in the process uses TensorFlow.
 
     Raises:
-        classifier.ModelLoadError: the model files cannot be loaded.
+        model_files.ModelLoadError: the model files cannot be loaded.
     """
     import cv2
 

@@ -18,7 +18,7 @@ def build_pipeline(config, classifier=None, for_images=False):
     of those for video frames.
 
     Raises:
-        classifier.ModelLoadError: the model files cannot be loaded.
+        model_files.ModelLoadError: the model files cannot be loaded.
     """
     classifier = classifier or Classifier.from_files(config.model_path, config.weights_path,
                                                      input_range=config.input_range,
@@ -40,7 +40,7 @@ def build_camera(config, source=None, classifier=None):
         classifier: a ``classifier.Classifier`` to share (default: load one).
 
     Raises:
-        classifier.ModelLoadError: the model files cannot be loaded.
+        model_files.ModelLoadError: the model files cannot be loaded.
         sources.SourceError: a file source is missing or undecodable.
         cameras.SourceNameError: a bad ``NAME=`` in ``config.source``.
     """
@@ -66,7 +66,7 @@ def build_cameras(config, first=None):
             of opening it (tests, ``app.create_app(config, camera)``).
 
     Raises:
-        classifier.ModelLoadError, sources.SourceError, cameras.SourceNameError:
+        model_files.ModelLoadError, sources.SourceError, cameras.SourceNameError:
             as ``build_camera``.
         OSError: the record folder cannot be written.
     """

@@ -49,7 +49,7 @@ class Config:
         model_path: the model: a Keras JSON architecture (``model.json``,
             Keras 3 or Keras 2 / tf.keras 2.x), or a whole saved model
             (``.h5``, ``.hdf5``, ``.keras``) whose own weights are used; see
-            ``classifier.load_model``.
+            ``model_files.load_model``.
         weights_path: the weights of a JSON architecture in the classic
             Keras HDF5 layout (``model_weights.h5``); ignored for a whole
             saved model.
@@ -178,6 +178,19 @@ class _Repeated(argparse.Action):
 def source_specs(config):
     """``config.source`` as a list of strings, one per source (``"0"`` -> ``["0"]``)."""
     return [config.source] if isinstance(config.source, str) else list(config.source)
+
+
+def join_input_range_argv(argv):
+    """Command-line arguments with ``--input-range -1,1`` joined into ``--input-range=-1,1``.
+
+    argparse takes a value starting with ``-`` (other than a plain negative
+    number) for an option; run ``argv`` (a list of str) through this first.
+    """
+    argv = list(argv)
+    for i in range(len(argv) - 1, 0, -1):
+        if argv[i - 1] == "--input-range" and argv[i].startswith("-"):
+            argv[i - 1:i + 1] = [f"--input-range={argv[i]}"]
+    return argv
 
 
 def field_help():

@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
                                  "per frame to this CSV file")
     add_batch_arguments(p)
-    from classifier import join_input_range_argv  # "--input-range -1,1" is not an option
+    from config import join_input_range_argv  # "--input-range -1,1" is not an option
 
     return p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
@@ -168,13 +168,13 @@ def preflight(config, offline=False):
             is not a file or more than one source.
         cameras.SourceNameError: two sources with one name, or a name that
             is not URL-safe (a ``ValueError``).
-        classifier.ModelLoadError: a missing model file.
+        model_files.ModelLoadError: a missing model file.
         OSError: the port cannot be bound (in use, or not allowed), a TLS
             file is missing, or the record folder cannot be written, with a
             sentence saying so.
     """
     from cameras import parse_source_specs
-    from classifier import ModelLoadError
+    from model_files import ModelLoadError
     from config import source_specs
     from sources import SourceError, check_file_exists, is_url, parse_source
 
@@ -258,7 +258,7 @@ def main(argv=None):
 def serve(config, listener, debug, started):
     """Load the model, open the source and serve on ``listener`` until Ctrl-C; returns the exit code."""
     from app import create_app
-    from classifier import ModelLoadError
+    from model_files import ModelLoadError
     from server import serve as run_server
     from sources import SourceError
 
@@ -286,7 +286,7 @@ def analyse(args, config):
     from cameras import parse_source_specs
     from config import source_specs
     from builders import build_pipeline
-    from classifier import ModelLoadError
+    from model_files import ModelLoadError
     from sources import SourceError
 
     try:

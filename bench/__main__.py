@@ -89,7 +89,7 @@ def run_fast(source, config, seconds, pass_frames):
 
 def run_baseline(source, config, seconds):
     """The naive pipeline: full-resolution Haar every frame, model.predict per face."""
-    from classifier import load_model
+    from model_files import load_model
     from pipeline import CASCADE_FILE, Face, crop_faces, draw_faces
 
     model, info = load_model(config.model_path, config.weights_path, input_range=config.input_range,

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from classifier import join_input_range_argv
+from config import join_input_range_argv
 from config import Config
 
 
@@ -31,7 +31,8 @@ def time_predict(classifier, batch, seconds):
 
 
 def main(argv=None):
-    from classifier import Classifier, load_model
+    from classifier import Classifier
+    from model_files import load_model
 
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -24,6 +24,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import os
 import random
 import threading
 import time
@@ -181,6 +182,9 @@ def main(argv=None):
     p.add_argument("--token", help="run the server with this access token; every request sends it")
     p.add_argument("--hogs", type=int, default=0,
                    help="also run this many CPU-bound processes for --seconds (oversubscription)")
+    p.add_argument("--boost", type=int, default=0, metavar="N",
+                   help="run this load generator N nice levels above the server and the hogs (needs root), "
+                        "so that a starved figure is the server's, not the generator's")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     auth = {"Authorization": f"Bearer {args.token}"} if args.token else {}
@@ -212,6 +216,8 @@ def main(argv=None):
         hogs = [multiprocessing.Process(target=hog, args=(args.seconds,), daemon=True) for _ in range(args.hogs)]
         for h in hogs:
             h.start()
+        if args.boost:  # after the server and hogs started: they keep the normal priority
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) - args.boost)
         for v in viewers:
             v.start()
         if api:

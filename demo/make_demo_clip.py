@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from classifier import FER2013_LABELS
+from model_files import FER2013_LABELS
 from pipeline import FaceDetector
 from train.data import load_fer2013_csv
 

@@ -27,7 +27,7 @@ def faces():
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):
     """``(model.json, model_weights.h5)`` of an untrained width-4 network."""
-    from classifier import save_model
+    from model_files import save_model
     from train.model import build_model
 
     folder = tmp_path_factory.mktemp("tiny")

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from classifier import FER2013_LABELS
+from model_files import FER2013_LABELS
 from config import Config
 
 

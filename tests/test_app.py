@@ -1,7 +1,7 @@
 import pytest
 
 import main
-from classifier import FER2013_LABELS
+from model_files import FER2013_LABELS
 from config import Config
 
 

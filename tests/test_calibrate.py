@@ -36,7 +36,7 @@ def test_fit_temperature_by_hand():
 
 
 def test_calibrate_writes_the_temperature(tmp_path, capsys):
-    from classifier import load_model, save_model
+    from model_files import load_model, save_model
     from train.calibrate import main
     from train.model import build_model
 

@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from classifier import (FER2013_LABELS, Classifier, ModelLoadError, load_model, save_model)
+from classifier import Classifier
+from model_files import FER2013_LABELS, load_model, save_model, ModelLoadError
 from config import Config
 from train.model import build_model
 

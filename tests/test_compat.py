@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tf_keras as k2
 
-from classifier import (FER2013_LABELS, Classifier, ModelLoadError, apply_temperature, keras2_config_to_keras3,
-                        load_model, save_model)
+from classifier import apply_temperature, Classifier
+from model_files import FER2013_LABELS, keras2_config_to_keras3, load_model, save_model, ModelLoadError
 from pipeline import crop_faces
 
 
@@ -242,7 +242,7 @@ def test_bad_input_range_and_weights_only_h5(tmp_path):
 
 
 def test_negative_input_range_on_the_command_line():
-    from classifier import join_input_range_argv
+    from config import join_input_range_argv
 
     assert join_input_range_argv(["--model", "m.h5", "--input-range", "-1,1", "--json"]) == [
         "--model", "m.h5", "--input-range=-1,1", "--json"]

@@ -70,3 +70,12 @@ def test_quiet_tensorflow_drops_the_noise_and_keeps_real_errors(capfd):
                     b"E0000 00:00:1795990632.760820    2261 something.cc:1] a real failure\n")
     err = capfd.readouterr().err
     assert err.splitlines() == ["E0000 00:00:1795990632.760820    2261 something.cc:1] a real failure"]
+
+
+def test_the_package_installs_every_module():
+    """``pip install .`` must carry every top-level module (pyproject.toml lists them by hand)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+    assert sorted(listed) == sorted(p.stem for p in root.glob("*.py"))

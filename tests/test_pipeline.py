@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from classifier import FER2013_LABELS
+from model_files import FER2013_LABELS
 from pipeline import Face, FaceDetector, FramePipeline, crop_faces, draw_faces
 
 

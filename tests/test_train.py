@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from classifier import FER2013_LABELS, load_model
+from model_files import FER2013_LABELS, load_model
 from train.data import DataError, carve_validation, load_dataset, load_fer2013_csv, split_sources
 
 
@@ -211,7 +211,7 @@ def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, mak
 
 
 def test_evaluate_json(tmp_path, csv_path, capsys):
-    from classifier import save_model
+    from model_files import save_model
     from train.evaluate import main
 
     # A model that answers Happy (index 3) for every face, on 4 faces of each of the 7 classes: accuracy
@@ -287,7 +287,7 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
 
 def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files, monkeypatch):
     import train.__main__ as train_main
-    from classifier import save_classic_weights
+    from model_files import save_classic_weights
     from train.__main__ import main, make_dataset, weights_width
     from train.model import build_model
 

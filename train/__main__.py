@@ -103,7 +103,7 @@ def cpu_has_bf16():
 def load_weights_or_exit(model, path, width):
     """Load ``path`` (classic ``.h5`` or ``.weights.h5``) into ``model``, or exit with one line
     naming the file, the width and the number of classes when it does not fit."""
-    from classifier import _first_line
+    from model_files import _first_line
 
     try:
         model.load_weights(str(path))
@@ -214,7 +214,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from classifier import FER2013_LABELS
+    from model_files import FER2013_LABELS
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     try:
@@ -234,7 +234,8 @@ def main(argv=None):
     from livelossplot import PlotLossesKeras
     from livelossplot.outputs import MatplotlibPlot
 
-    from classifier import Classifier, save_model
+    from classifier import Classifier
+    from model_files import save_model
     from train.card import write_model_card
     from train.model import build_augmentation, build_model
 

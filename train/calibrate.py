@@ -20,7 +20,8 @@ import sys
 
 import numpy as np
 
-from classifier import apply_temperature, join_input_range_argv
+from classifier import apply_temperature
+from config import join_input_range_argv
 from config import BACKENDS, Config
 from train.data import SPLITS, DataError, load_fer2013_csv
 
@@ -93,7 +94,8 @@ def scores(probs, labels):
 
 
 def main(argv=None):
-    from classifier import Classifier, ModelLoadError, load_model, write_model_metadata
+    from classifier import Classifier
+    from model_files import load_model, write_model_metadata, ModelLoadError
     from train.evaluate import predict
 
     defaults = Config()

@@ -17,7 +17,7 @@ import sys
 import cv2
 import numpy as np
 
-from classifier import join_input_range_argv
+from config import join_input_range_argv
 from train.data import load_fer2013_csv
 
 

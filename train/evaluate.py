@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from classifier import join_input_range_argv
+from config import join_input_range_argv
 from config import BACKENDS, Config
 from train.data import SPLITS, DataError, load_fer2013_csv
 
@@ -133,7 +133,8 @@ def main(argv=None):
                                            "(default: confusion_<split>.png)")
     args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
-    from classifier import FER2013_LABELS, Classifier, ModelLoadError
+    from classifier import Classifier
+    from model_files import FER2013_LABELS, ModelLoadError
 
     try:
         classifier = Classifier.from_files(args.model, args.weights, input_range=args.input_range,

@@ -242,7 +242,8 @@ def main(argv=None):
         p.error(f"--image-pad must be >= 0, got {args.image_pad}")
 
     from builders import build_pipeline
-    from classifier import Classifier, ModelLoadError
+    from classifier import Classifier
+    from model_files import ModelLoadError
 
     config = replace(defaults, model_path=Path(args.model), weights_path=Path(args.weights), backend=args.backend,
                      image_pad=args.image_pad, crop_margin=args.crop_margin)

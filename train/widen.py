@@ -79,7 +79,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from classifier import ModelLoadError, load_model, save_classic_weights
+    from model_files import load_model, save_classic_weights, ModelLoadError
     from train.model import build_model
 
     try:
