@@ -4,8 +4,11 @@
 TensorFlow Lite (float32 or int8 weights) or a traced ``tf.function``,
 scales its input as the model expects and applies its softmax temperature.
 """
+import hashlib
 import logging
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -155,12 +158,25 @@ class Classifier:
         return apply_temperature(probs, self.temperature)
 
 
-def _tflite_interpreter(model, threads, quantize=False):
-    """Convert ``model`` to TensorFlow Lite (float32, or int8 weights with
-    ``quantize``) and open an interpreter on it."""
+def tflite_cache_dir():
+    """Where converted models are kept: ``$FER_SERVER_CACHE``, else ``~/.cache/fer-server/tflite``."""
+    return Path(os.environ.get("FER_SERVER_CACHE") or Path.home() / ".cache" / "fer-server" / "tflite")
+
+
+def _model_digest(model, quantize):
+    """SHA-256 of what a conversion depends on: architecture, weights, quantisation, TensorFlow version."""
+    import tensorflow as tf
+
+    digest = hashlib.sha256(f"{tf.__version__}|{quantize}|{model.to_json()}".encode())
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def _convert(model, quantize):
+    """The TensorFlow Lite flatbuffer of ``model`` (float32, or int8 weights with ``quantize``)."""
     import contextlib
     import io
-    import warnings
 
     import tensorflow as tf
 
@@ -168,9 +184,44 @@ def _tflite_interpreter(model, threads, quantize=False):
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        flatbuffer = converter.convert()
+        return converter.convert()
+
+
+def _tflite_interpreter(model, threads, quantize=False):
+    """An interpreter on ``model`` converted to TensorFlow Lite (float32, or int8 weights with ``quantize``).
+
+    Conversion takes about a second, a quarter of the server's start-up, so
+    the flatbuffer is kept in ``tflite_cache_dir()`` under the digest of
+    everything it depends on and read from there next time.  A cache that
+    cannot be written or read is skipped.
+    """
+    import warnings
+
+    import tensorflow as tf
+
+    path = tflite_cache_dir() / f"{_model_digest(model, quantize)}.tflite"
+    flatbuffer = None
+    try:
+        flatbuffer = path.read_bytes()
+    except OSError:
+        pass
     with warnings.catch_warnings():
         # TensorFlow marks tf.lite.Interpreter deprecated in favour of the separate
         # ai-edge-litert package; it still ships with the TensorFlow pinned here.
         warnings.simplefilter("ignore", UserWarning)
+        if flatbuffer is not None:
+            try:
+                return tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
+            except (ValueError, RuntimeError):  # a damaged cache file: convert again
+                log.warning("ignoring the unreadable cached model %s", path)
+        flatbuffer = _convert(model, quantize)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(flatbuffer)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.debug("cannot cache the converted model in %s: %s", path.parent, e)
+        finally:
+            tmp.unlink(missing_ok=True)
         return tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)

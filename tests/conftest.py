@@ -1,4 +1,5 @@
 """Shared fixtures: the bundled clip and faces, a tiny untrained model, the real server."""
+import os
 import socket
 import threading
 import time
@@ -9,6 +10,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tflite_cache(tmp_path_factory):
+    """Converted models go to a temporary folder, not the user's ~/.cache (servers started by tests inherit it)."""
+    folder = tmp_path_factory.mktemp("tflite-cache")
+    previous = os.environ.get("FER_SERVER_CACHE")
+    os.environ["FER_SERVER_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("FER_SERVER_CACHE", None)
+    else:
+        os.environ["FER_SERVER_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

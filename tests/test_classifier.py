@@ -94,3 +94,21 @@ def test_every_backend_matches_keras_on_shipped_model(faces, backend):
         # int8 weights move the probabilities a little, never the label
         np.testing.assert_allclose(got, expected[:len(batch)], atol=0.05 if backend == "tflite-int8" else 1e-5)
         assert (got.argmax(1) == expected[:len(batch)].argmax(1)).all()
+
+
+def test_converted_models_are_cached_and_a_damaged_cache_is_replaced(tiny_model_files, faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_SERVER_CACHE", str(tmp_path))
+    x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255
+    fresh = Classifier.from_files(*tiny_model_files, backend="tflite-int8")
+    cached_files = list(tmp_path.glob("*.tflite"))
+    assert len(cached_files) == 1 and cached_files[0].stat().st_size > 1000
+    again = Classifier.from_files(*tiny_model_files, backend="tflite-int8")  # read from the cache
+    np.testing.assert_array_equal(again.predict(x), fresh.predict(x))
+    assert len(list(tmp_path.glob("*.tflite"))) == 1
+    Classifier.from_files(*tiny_model_files, backend="tflite")  # float32 is another file
+    assert len(list(tmp_path.glob("*.tflite"))) == 2
+    cached_files[0].write_bytes(b"not a flatbuffer")
+    repaired = Classifier.from_files(*tiny_model_files, backend="tflite-int8")
+    assert repaired.backend == "tflite-int8"
+    np.testing.assert_array_equal(repaired.predict(x), fresh.predict(x))
+    assert cached_files[0].stat().st_size > 1000
