@@ -46,6 +46,19 @@ def face_row(frame, time_s, face, labels):
 FOURCC_BY_SUFFIX = {".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".mp4": "mp4v", ".m4v": "mp4v"}
 
 
+def ensure_writable_folder(folder):
+    """Create ``folder`` (and its parents) if needed and check that a file can be written in it.
+
+    Raises:
+        OSError: whose ``strerror`` says why (the caller names the folder's role).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test.partial{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def _temporary(path):
     path = Path(path)
     return path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")

@@ -479,12 +479,10 @@ def remove_partials(*folders):
 
 
 def _check_writable(folder, what):
-    folder = Path(folder)
+    from analyse import ensure_writable_folder
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.partial{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        ensure_writable_folder(folder)
     except OSError as e:
         raise BatchInputError(f"cannot write to the {what} {folder} ({e.strerror or e})") from None
 

@@ -13,12 +13,11 @@ import collections
 import csv
 import datetime
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
-from analyse import csv_header, face_row
+from analyse import csv_header, ensure_writable_folder, face_row
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +36,7 @@ def check_record_folder(folder, names):
     for name in names:
         path = Path(folder) / name
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            ensure_writable_folder(path)
         except OSError as e:
             raise OSError(f"cannot write recordings to {path}: {e.strerror or e}") from None
 

@@ -103,11 +103,16 @@ def format_report(result, labels):
     for name in labels:
         c = result["per_class"][name]
         lines.append(f"{name:10s}{c['precision']:10.3f}{c['recall']:10.3f}{c['f1']:10.3f}{c['support']:10d}")
-    lines += ["", "confusion matrix (rows true, columns predicted):",
-              " " * 10 + "".join(f"{n[:8]:>9s}" for n in labels)]
-    for name, row in zip(labels, result["confusion"]):
+    return "\n".join(lines + confusion_lines(result["confusion"], labels, labels))
+
+
+def confusion_lines(confusion, rows, columns):
+    """The confusion matrix as text lines: a blank line, a title, a header of ``columns``, one line per row."""
+    lines = ["", "confusion matrix (rows true, columns predicted):",
+             " " * 10 + "".join(f"{name[:8]:>9s}" for name in columns)]
+    for name, row in zip(rows, confusion):
         lines.append(f"{name:10s}" + "".join(f"{v:9d}" for v in row))
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from train.data import DataError
-from train.evaluate import metrics, save_confusion_png
+from train.evaluate import confusion_lines, metrics, save_confusion_png
 
 #: File name endings read as images in a folder (others are ignored).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -206,12 +206,7 @@ def format_folder_report(result, labels):
         c, d = result["per_class"][name], result["distribution"][name]
         lines.append(f"{name:10s}{c['precision']:10.3f}{c['recall']:10.3f}{c['f1']:10.3f}"
                      f"{d['true']:8d}{d['predicted']:11d}")
-    names = list(labels) + [NO_FACE]
-    lines += ["", "confusion matrix (rows true, columns predicted):",
-              " " * 10 + "".join(f"{name[:8]:>9s}" for name in names)]
-    for name, row in zip(labels, result["confusion"]):
-        lines.append(f"{name:10s}" + "".join(f"{v:9d}" for v in row))
-    return "\n".join(lines)
+    return "\n".join(lines + confusion_lines(result["confusion"], labels, list(labels) + [NO_FACE]))
 
 
 def main(argv=None):
