@@ -284,20 +284,22 @@ def build_worker_pipeline(config, threads=1):
 
     for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ[name] = str(threads)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cv2.setNumThreads(threads)
-    import tensorflow as tf
+    from classifier import quiet_tensorflow
+
+    with quiet_tensorflow():
+        import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already initialised in this process
         pass
-    from builders import build_pipeline
-    from classifier import Classifier
+    from builders import build_classifier, build_pipeline
+    from classifier import quiet_tensorflow
 
-    classifier = Classifier.from_files(config.model_path, config.weights_path, backend=config.backend,
-                                       threads=threads)
+    with quiet_tensorflow():
+        classifier = build_classifier(config, threads)
     return build_pipeline(config, classifier=classifier)
 
 

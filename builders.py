@@ -11,6 +11,19 @@ from classifier import Classifier
 from pipeline import FaceDetector, FramePipeline
 
 
+def build_classifier(config, threads=2):
+    """The configured model (``model_path``, ``weights_path``, ``input_range``, ``class_names``) on ``backend``.
+
+    Args:
+        threads: TensorFlow Lite interpreter threads.
+
+    Raises:
+        model_files.ModelLoadError: the model files cannot be loaded.
+    """
+    return Classifier.from_files(config.model_path, config.weights_path, input_range=config.input_range,
+                                 class_names=config.class_names, backend=config.backend, threads=threads)
+
+
 def build_pipeline(config, classifier=None, for_images=False):
     """Load the model (unless given) and assemble the configured ``FramePipeline``.
 
@@ -20,9 +33,7 @@ def build_pipeline(config, classifier=None, for_images=False):
     Raises:
         model_files.ModelLoadError: the model files cannot be loaded.
     """
-    classifier = classifier or Classifier.from_files(config.model_path, config.weights_path,
-                                                     input_range=config.input_range,
-                                                     class_names=config.class_names, backend=config.backend)
+    classifier = classifier or build_classifier(config)
     detector = FaceDetector(config.image_scale_factor if for_images else config.scale_factor,
                             config.min_neighbors,
                             config.image_min_face_px if for_images else config.min_face_px,

@@ -11,7 +11,6 @@ flag (``python main.py --help``) and an environment variable
 ``fer-server``.
 """
 import argparse
-import contextlib
 import ctypes
 import dataclasses
 import ipaddress
@@ -21,7 +20,6 @@ import re
 import secrets
 import socket
 import sys
-import tempfile
 import time
 
 from batch import add_batch_arguments, run_from_args
@@ -63,44 +61,6 @@ def limit_malloc_arenas(arenas=2):
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
     except (OSError, AttributeError):
         pass
-
-
-#: Start-up lines of TensorFlow and TFLite that say nothing is wrong (see ``quiet_tensorflow``).
-TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |E\d{4} .*(cuda|cuInit)"
-                      r"|INFO: Created TensorFlow Lite XNNPACK delegate|.*INFO Assets written to: )")
-
-
-@contextlib.contextmanager
-def quiet_tensorflow():
-    """Keep TensorFlow's start-up chatter off the console while the model loads.
-
-    TensorFlow's C++ code logs through Abseil before Abseil is initialised,
-    and those lines go straight to file descriptor 2 whatever
-    ``TF_CPP_MIN_LOG_LEVEL`` says: oneDNN and CUDA-stub INFO lines, and on a
-    machine without an NVIDIA driver a ``failed call to cuInit`` ERROR that
-    looks like a fault.  Inside this block, descriptor 2 goes to a temporary
-    file; at its end every line but those (``TF_NOISE``) is written to the
-    real stderr, so a genuine error still shows.  Without an NVIDIA driver,
-    ``CUDA_VISIBLE_DEVICES=-1`` stops TensorFlow from calling ``cuInit`` at
-    all.  Variables the user set are kept.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not os.path.exists("/proc/driver/nvidia"):
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not TF_NOISE.match(line):
-                    print(line, file=sys.stderr)
 
 
 #: Characters an access token may hold: it travels in a URL, a header and a cookie as it is.
@@ -258,6 +218,7 @@ def main(argv=None):
 def serve(config, listener, debug, started):
     """Load the model, open the source and serve on ``listener`` until Ctrl-C; returns the exit code."""
     from app import create_app
+    from classifier import quiet_tensorflow
     from model_files import ModelLoadError
     from server import serve as run_server
     from sources import SourceError
@@ -286,6 +247,7 @@ def analyse(args, config):
     from cameras import parse_source_specs
     from config import source_specs
     from builders import build_pipeline
+    from classifier import quiet_tensorflow
     from model_files import ModelLoadError
     from sources import SourceError
 

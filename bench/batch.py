@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from config import BACKENDS, Config
+from config import add_config_arguments, config_from_args
 
 
 def descendants_rss_mb():
@@ -107,17 +107,15 @@ def timed_run(source, out, config, **kwargs):
 
 
 def main(argv=None):
-    defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", required=True, help="folder, glob or list of videos")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="pool workers and Ray CPUs")
-    p.add_argument("--model", default=str(defaults.model_path))
-    p.add_argument("--weights", default=str(defaults.weights_path))
-    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend)
+    add_config_arguments(p.add_argument_group("analysis settings (config.Config)"),
+                         exclude=("host", "port", "source", "token", "no_token", "certfile", "keyfile"))
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    config = Config(model_path=Path(args.model), weights_path=Path(args.weights), backend=args.backend)
+    config = config_from_args(args)
     result = {"workers": args.workers, "cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 1)}
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         outs = {name: Path(tmp) / name for name in ("serial", "pool", "ray")}

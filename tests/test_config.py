@@ -63,7 +63,9 @@ def test_preflight_refuses_before_loading_anything(tmp_path, clip):
 
 
 def test_quiet_tensorflow_drops_the_noise_and_keeps_real_errors(capfd):
-    with main.quiet_tensorflow():
+    from classifier import quiet_tensorflow
+
+    with quiet_tensorflow():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
                     b"I0000 00:00:1795990621.006384    2226 cudart_stub.cc:31] Could not find cuda drivers\n"
                     b"E0000 00:00:1795990632.760820    2261 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
