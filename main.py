@@ -235,7 +235,7 @@ def serve(config, listener, debug, started):
                  ", ".join(f"{name}: {camera.name}" for name, camera in cameras), server_url(config),
                  time.monotonic() - started)
     try:
-        run_server(app, cameras.first, config, listener, log_level="debug" if debug else "info")
+        run_server(app, cameras, config, listener, log_level="debug" if debug else "info")
     finally:
         cameras.close()  # stop the recorders, release the webcams and files
     return 0

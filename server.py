@@ -181,15 +181,14 @@ class LiveStreams:
                 self._wake(False)
 
 
-def create_asgi_app(app, camera, config, render_events=None):
+def create_asgi_app(app, cameras, config, render_events=None):
     """The ASGI application of the server.
 
     Args:
         app: the Flask app of ``app.create_app`` (every route but the streams).
-        camera: the ``camera.Camera`` whose frames are streamed on the
-            routes without a source name (the first source); the others
-            come from ``app.extensions["cameras"]`` (``cameras.Cameras``)
-            when the app has them.
+        cameras: the ``cameras.Cameras`` to stream, by name; the first one
+            also serves the routes without a source name.  A single
+            ``camera.Camera`` is served as ``cam0``.
         config: the ``config.Config``: ``max_clients``, ``events_interval_s``,
             ``max_upload_bytes``, and ``token`` (None: no token asked).
         render_events: ``() -> render(frame) -> str`` for ``/api/events``
@@ -211,9 +210,9 @@ def create_asgi_app(app, camera, config, render_events=None):
     """
     from a2wsgi import WSGIMiddleware
 
-    cameras = getattr(app, "extensions", {}).get("cameras")
-    if cameras is None or cameras.first is not camera:
-        cameras = Cameras({"cam0": camera})
+    if not isinstance(cameras, Cameras):
+        cameras = Cameras({"cam0": cameras})
+    camera = cameras.first
     model = model_name(getattr(camera.pipeline, "classifier", None))
     all_streams = {}
     for name, one in cameras:
@@ -271,8 +270,8 @@ def create_asgi_app(app, camera, config, render_events=None):
     return asgi
 
 
-def serve(app, camera, config, listener, log_level="info"):
-    """Serve ``create_asgi_app(app, camera, config)`` with uvicorn on ``listener`` until Ctrl-C.
+def serve(app, cameras, config, listener, log_level="info"):
+    """Serve ``create_asgi_app(app, cameras, config)`` with uvicorn on ``listener`` until Ctrl-C.
 
     ``listener`` is a bound, listening socket (``main.bind``), so the port
     is known to be free before the model loads.
@@ -286,7 +285,7 @@ def serve(app, camera, config, listener, log_level="info"):
     returns.  With ``config.certfile`` and ``config.keyfile`` it serves
     https (TLS) instead of http.
     """
-    asgi = create_asgi_app(app, camera, config)
+    asgi = create_asgi_app(app, cameras, config)
     tls = {"ssl_certfile": str(config.certfile), "ssl_keyfile": str(config.keyfile)} if config.certfile else {}
     server = make_server(asgi, request_timeout_s=config.request_timeout_s, **tls,
                          lifespan="off", access_log=log_level == "debug", log_config=None,

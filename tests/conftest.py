@@ -127,7 +127,7 @@ def serve(make_app):
 
     def start(config, camera, **options):
         app = make_app(config, camera=camera)
-        asgi = create_asgi_app(app, app.extensions["camera"], config)
+        asgi = create_asgi_app(app, app.extensions["cameras"], config)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         server = make_server(asgi, config.request_timeout_s, lifespan="off", log_level="warning", **options)
