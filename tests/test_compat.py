@@ -16,11 +16,14 @@ from model_files import FER2013_LABELS, keras2_config_to_keras3, load_model, sav
 from pipeline import crop_faces
 
 
-def randomise(model, seed=0):
-    """Random weights; batch-norm variances positive."""
+def randomise(model, seed=0, scale=0.2):
+    """Random weights (normal, standard deviation ``scale``); batch-norm variances positive.
+
+    Works on tf_keras and Keras 3 models alike: both name a variance variable ``...variance``.
+    """
     rng = np.random.default_rng(seed)
     for w in model.weights:
-        values = rng.uniform(0.5, 1.5, w.shape) if "variance" in w.name else rng.normal(0, 0.2, w.shape)
+        values = rng.uniform(0.5, 1.5, w.shape) if "variance" in w.name else rng.normal(0, scale, w.shape)
         w.assign(values.astype(np.float32))
     return model
 
@@ -122,7 +125,7 @@ def test_whole_keras2_h5_model_64x64_scaled_to_minus_one_one(tmp_path):
 def test_temperature_changes_probabilities_not_labels(tmp_path, x48):
     from train.model import build_model
 
-    model = randomise_keras3(build_model(7, width=4))
+    model = randomise(build_model(7, width=4), seed=6, scale=0.3)
     save_model(model, tmp_path / "model.json", tmp_path / "model_weights.h5", input_range="0,255", temperature=2.0)
     stored = json.loads((tmp_path / "model.json").read_text())
     assert stored["input_range"] == [0, 255] and stored["temperature"] == 2.0
@@ -134,14 +137,6 @@ def test_temperature_changes_probabilities_not_labels(tmp_path, x48):
     np.testing.assert_allclose(got, tempered, atol=1e-5)
     assert not np.allclose(got, raw, atol=1e-3)
     assert (got.argmax(1) == raw.argmax(1)).all()
-
-
-def randomise_keras3(model, seed=6):
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        values = rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path else rng.normal(0, 0.3, w.shape)
-        w.assign(values.astype(np.float32))
-    return model
 
 
 def test_apply_temperature_by_hand():
