@@ -124,9 +124,11 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
                 ok, frame = cap.read()
                 if not ok:
                     break
-                annotated, faces = pipeline.process(frame)
                 if writer:
+                    annotated, faces = pipeline.process(frame)
                     writer.write(annotated)
+                else:  # nothing to draw on: skip the copy and the drawing
+                    faces = pipeline.analyse(frame)
                 for face in faces:
                     counts[face.label] += 1
                     confidence_sum += face.confidence

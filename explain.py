@@ -13,6 +13,7 @@ with ``tf.GradientTape``.  It is only computed when a request asks for it
 (``?explain=1``), so the stream's cost per frame is unchanged.
 """
 import base64
+import re
 import threading
 
 import cv2
@@ -32,8 +33,19 @@ def last_conv_layer(model):
     raise ValueError(f"model {model.name} has no convolutional layer to explain")
 
 
+def member_prefix(name):
+    """``"m1_"`` for a layer of member 1 of ``train.model.build_ensemble``, else ``""``."""
+    match = re.match(r"m\d+_", name)
+    return match.group(0) if match else ""
+
+
 class GradCam:
     """Grad-CAM of a ``classifier.Classifier``'s Keras model.
+
+    In an ensemble (``train.model.build_ensemble``) the explained layer
+    belongs to one member: its class score is that member's logit, and its
+    map covers the part of the face that member sees (inside its ``m{i}_crop``
+    border; zero outside).
 
     Args:
         classifier: the ``Classifier`` (its ``model``, ``input_shape``,
@@ -55,7 +67,12 @@ class GradCam:
         model = classifier.model
         self.classifier = classifier
         self.layer = model.get_layer(layer) if layer else last_conv_layer(model)
-        last = model.layers[-1]
+        prefix = member_prefix(self.layer.name)
+        names = {each.name for each in model.layers}
+        last = model.get_layer(prefix + "predictions") if prefix + "predictions" in names else model.layers[-1]
+        self._border = ((0, 0), (0, 0))
+        if prefix + "crop" in names:
+            self._border = tuple(map(tuple, model.get_layer(prefix + "crop").cropping))
         activation = getattr(getattr(last, "activation", None), "__name__", None)
         self._dense = None
         if isinstance(last, keras.layers.Activation) and activation == "softmax":
@@ -102,11 +119,14 @@ class GradCam:
         x = self.classifier.model_input(np.asarray(crops))
         with self._lock:
             maps = self._maps(x, np.asarray(classes, np.int32)).numpy()
-        out = np.empty((len(maps), height, width), np.float32)
+        (top, bottom), (left, right) = self._border
+        out = np.zeros((len(maps), height, width), np.float32)
         for i, cam in enumerate(maps):
             peak = float(cam.max())
             cam = cam / peak if peak > 0 else np.zeros_like(cam)
-            out[i] = np.clip(cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+            seen = (width - left - right, height - top - bottom)
+            out[i, top:height - bottom, left:width - right] = np.clip(
+                cv2.resize(cam, seen, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         return out
 
     def explain(self, faces):

@@ -61,6 +61,20 @@ def test_score_by_hand():
     assert r["confusion"][2] == [0, 0, 0, 1]
 
 
+def test_score_calibration_by_hand():
+    probs = np.array([[0.9, 0.1, 0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0, 0, 0]], np.float32)
+    y, found = np.array([0, 0, 1, 2]), np.array([True, True, True, False])
+    # found faces: confidence 0.9 right, 0.7 wrong, 0.8 right, each alone in its bin
+    r = score(probs, y, found, ["a", "b", "c"], temperature=2.0)
+    assert r["ece"] == pytest.approx((0.1 + 0.7 + 0.2) / 3, abs=1e-6)
+    assert r["mean_confidence"] == pytest.approx(0.8, abs=1e-6)
+    # T=2 undone: rows become p^2 / sum p^2: 0.81/0.82 right, 0.49/0.54 wrong, 0.64/0.66 right;
+    # the two right ones share the bin (14/15, 1], the wrong one is alone in (13/15, 14/15]
+    right = (0.81 / 0.82 + 0.64 / 0.66) / 2
+    assert r["ece_untempered"] == pytest.approx(2 / 3 * (1 - right) + 1 / 3 * (0.49 / 0.54), abs=1e-5)
+    assert "ece" not in score(probs, y, found, ["a", "b", "c"])
+
+
 def test_load_folder_and_manifest(tmp_path):
     for label, name in (("Happy", "a.png"), ("sad", "b.jpg"), ("Sad", "notes.txt")):
         (tmp_path / label).mkdir(exist_ok=True)

@@ -165,7 +165,7 @@ def classify_items(pipeline, items, crops=False, max_pixels=40_000_000):
             np.asarray(found, bool), unreadable)
 
 
-def score(probs, y_true, found, labels):
+def score(probs, y_true, found, labels, temperature=None):
     """The figures of a folder evaluation.
 
     Args:
@@ -173,6 +173,11 @@ def score(probs, y_true, found, labels):
         y_true: ``(N,)`` int class indices.
         found: ``(N,)`` bool, False where no face was found (a wrong answer).
         labels: the ``C`` class names.
+        temperature: the softmax temperature ``probs`` were served with; when
+            given, the result also has ``ece`` (expected calibration error,
+            15 bins, Guo et al. 2017) and ``mean_confidence`` over the faces
+            found, and ``ece_untempered`` of the same probabilities with the
+            temperature undone (``softmax(T * log p)``).
 
     Returns:
         ``train.evaluate.metrics`` over the ``C + 1`` classes ``labels`` and
@@ -192,6 +197,15 @@ def score(probs, y_true, found, labels):
     pred_counts = np.bincount(y_pred, minlength=k + 1)
     result["distribution"] = {name: {"true": int(true_counts[i]), "predicted": int(pred_counts[i])}
                               for i, name in enumerate(list(labels) + [NO_FACE])}
+    if temperature is not None and found.any():
+        from classifier import apply_temperature
+        from train.calibrate import expected_calibration_error
+
+        served = np.asarray(probs)[found]
+        result.update(ece=expected_calibration_error(served, y_true[found]),
+                      ece_untempered=expected_calibration_error(apply_temperature(served, 1 / temperature),
+                                                                y_true[found]),
+                      mean_confidence=float(served.max(1).mean()), temperature=temperature)
     return result
 
 
@@ -200,7 +214,11 @@ def format_folder_report(result, labels):
     n = result["n"]
     lines = [f"n={n}  faces found={result['found']} ({result['found'] / max(1, n):.1%})  "
              f"accuracy={result['accuracy']:.4f} (no face = wrong)  on found faces={result['accuracy_found']:.4f}  "
-             f"macro-F1={result['macro_f1']:.4f} (on found faces {result['macro_f1_found']:.4f})", "",
+             f"macro-F1={result['macro_f1']:.4f} (on found faces {result['macro_f1_found']:.4f})"]
+    if "ece" in result:
+        lines.append(f"calibration on found faces: ECE {result['ece']:.4f} with T={result['temperature']:g} "
+                     f"({result['ece_untempered']:.4f} with T=1), mean confidence {result['mean_confidence']:.3f}")
+    lines += ["",
              f"{'class':10s}{'precision':>10s}{'recall':>10s}{'F1':>10s}{'true':>8s}{'predicted':>11s}"]
     for name in list(labels) + [NO_FACE]:
         c, d = result["per_class"][name], result["distribution"][name]
@@ -255,7 +273,7 @@ def main(argv=None):
         print(f"unreadable: {path}: {reason}")
     if len(y_true) == 0:
         sys.exit(f"error: none of the {len(items)} images could be read")
-    result = score(probs, y_true, found, labels)
+    result = score(probs, y_true, found, labels, temperature=classifier.temperature)
     name = Path(args.data or args.manifest).stem or "data"
     result.update(data=str(args.data or args.manifest), mode="crops" if args.crops else "photos",
                   image_pad=args.image_pad, crop_margin=args.crop_margin, model=str(args.model),

@@ -52,16 +52,47 @@ def build_model(num_classes=7, width=32, dropout=0.4, input_size=48):
         computes in bfloat16 while the output layer stays float32.
     """
     inputs = keras.Input((input_size, input_size, 1), name="face")
-    x = inputs
+    return keras.Model(inputs, _vgg(inputs, num_classes, width, dropout), name=f"fer_vgg{width}")
+
+
+def build_ensemble(members, num_classes=7, dropout=0.4, input_size=48):
+    """Several ``build_model`` networks in one graph, their probabilities averaged.
+
+    Member ``i``'s layers are ``build_model``'s names prefixed ``m{i}_``; a
+    member with a border first crops that many pixels from each side of the
+    face (``Cropping2D``), the centre crop it was trained on (see
+    ``train.torch_gpu``).  An ensemble of networks trained differently is
+    more accurate than any one of them (Dietterich 2000; on FER2013,
+    Pramerdorfer & Kampel 2016).
+
+    Args:
+        members: sequence of ``(width, border)``: first-block filters, and
+            pixels cropped from each side (0 for none).
+
+    Returns:
+        An uncompiled ``keras.Model``: ``(N, input_size, input_size, 1)``
+        float32 in [0, 1] to ``(N, num_classes)`` float32, the mean of the
+        members' softmax probabilities (one member: its own).
+    """
+    inputs = keras.Input((input_size, input_size, 1), name="face")
+    outputs = []
+    for i, (width, border) in enumerate(members):
+        x = inputs
+        if border:
+            x = layers.Cropping2D(int(border), name=f"m{i}_crop")(x)
+        outputs.append(_vgg(x, num_classes, width, dropout, prefix=f"m{i}_"))
+    output = outputs[0] if len(outputs) == 1 else layers.Average(dtype="float32", name="predictions")(outputs)
+    return keras.Model(inputs, output, name="fer_ensemble")
+
+
+def _vgg(x, num_classes, width, dropout, prefix=""):
     for block, filters in enumerate((width, 2 * width, 4 * width, 8 * width), start=1):
         for conv in (1, 2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                              name=f"block{block}_conv{conv}")(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
-            x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
-        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
-                           name="predictions")(x)
-    return keras.Model(inputs, outputs, name=f"fer_vgg{width}")
+                              name=f"{prefix}block{block}_conv{conv}")(x)
+            x = layers.BatchNormalization(name=f"{prefix}block{block}_bn{conv}")(x)
+            x = layers.ReLU(name=f"{prefix}block{block}_relu{conv}")(x)
+        x = layers.MaxPooling2D(name=f"{prefix}block{block}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name=f"{prefix}gap")(x)
+    x = layers.Dropout(dropout, name=f"{prefix}dropout")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name=f"{prefix}predictions")(x)
