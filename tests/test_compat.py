@@ -287,3 +287,42 @@ def test_keras3_archive_loads_and_its_lambda_is_refused(tmp_path, x48):
     unsafe.save(tmp_path / "unsafe.keras")
     with pytest.raises(ModelLoadError, match="unsafe.keras has a Lambda layer"):
         load_model(tmp_path / "unsafe.keras")
+
+
+def test_shipped_weights_load_into_the_same_graph_built_with_tf_keras(faces):
+    """The shipped ``model_weights.h5`` is classic HDF5: tf.keras 2 loads it into the architecture
+    ``model.json`` describes (built here layer by layer with ``tf_keras``, the member widths and
+    crops read from the JSON), and computes what Keras 3 computes from the shipped pair."""
+    from config import Config
+
+    config = Config()
+    layers = {layer["config"]["name"]: layer for layer in
+              json.loads(config.model_path.read_text())["config"]["layers"]}
+    members = sorted({name.split("_", 1)[0] for name in layers if name.endswith("block1_conv1")})
+
+    def vgg(x, width, prefix):
+        for block, filters in enumerate((width, 2 * width, 4 * width, 8 * width), start=1):
+            for conv in (1, 2):
+                x = k2.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                     name=f"{prefix}block{block}_conv{conv}")(x)
+                x = k2.layers.BatchNormalization(name=f"{prefix}block{block}_bn{conv}")(x)
+                x = k2.layers.ReLU(name=f"{prefix}block{block}_relu{conv}")(x)
+            x = k2.layers.MaxPooling2D(name=f"{prefix}block{block}_pool")(x)
+        x = k2.layers.GlobalAveragePooling2D(name=f"{prefix}gap")(x)
+        x = k2.layers.Dropout(0.4, name=f"{prefix}dropout")(x)
+        return k2.layers.Dense(7, activation="softmax", name=f"{prefix}predictions")(x)
+
+    face = k2.Input((48, 48, 1), name="face")
+    outputs = []
+    for member in members:
+        x = face
+        if f"{member}_crop" in layers:
+            x = k2.layers.Cropping2D(layers[f"{member}_crop"]["config"]["cropping"], name=f"{member}_crop")(x)
+        outputs.append(vgg(x, layers[f"{member}_block1_conv1"]["config"]["filters"], f"{member}_"))
+    assert len(outputs) == 2  # the shipped pair
+    old = k2.Model(face, k2.layers.Average(name="predictions")(outputs))
+    old.load_weights(str(config.weights_path))
+
+    x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255
+    model, _ = load_model(config.model_path, config.weights_path)
+    np.testing.assert_allclose(old.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
