@@ -239,6 +239,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--class-weights", choices=("none", "sqrt"), default="none",
+                   help="sqrt: weigh each face's loss by (n_max / n_class) ** 0.5, as python -m train does")
     p.add_argument("--erase", type=float, default=0.5, help="random-erasing probability")
     p.add_argument("--ema", type=float, default=0.999, help="weight EMA decay per step")
     p.add_argument("--seed", type=int, default=0)
@@ -276,7 +278,13 @@ def main(argv=None):
         targets = np.where(has, (1 - args.soft_weight) * targets + args.soft_weight * dist, targets)
     if args.label_smoothing:
         targets = targets * (1 - args.label_smoothing) + args.label_smoothing / 7
+    weights = np.ones(len(y), np.float32)
+    if args.class_weights == "sqrt":
+        counts = np.bincount(y, minlength=7).astype(np.float32)
+        weights = np.sqrt(counts.max() / np.maximum(counts, 1))[y]
+        weights /= weights.mean()
     x_dev, t_dev = torch.from_numpy(x).to(dev), torch.from_numpy(targets).to(dev)
+    w_dev = torch.from_numpy(weights).to(dev)
     xv_t, yv_t = torch.from_numpy(xv), torch.from_numpy(yv)
 
     model = FerVGG(args.width).to(dev).to(memory_format=torch.channels_last)
@@ -309,7 +317,7 @@ def main(argv=None):
             batch = augment(x_dev[idx], args.crop, gen, erase=args.erase)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 logits = model(batch.contiguous(memory_format=torch.channels_last)).float()
-            loss = -(t_dev[idx] * F.log_softmax(logits, 1)).sum(1).mean()
+            loss = (-(t_dev[idx] * F.log_softmax(logits, 1)).sum(1) * w_dev[idx]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
