@@ -99,6 +99,19 @@ def test_an_ensemble_averages_its_members_each_on_its_crop(tmp_path, data):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_one_export_with_a_border_sees_only_the_centre(tmp_path, data):
+    from train.import_weights import main
+
+    csv_path, public = data
+    weights = random_export(4, seed=5)
+    export = write_export(tmp_path / "a.npz", weights, 4, reference_logits(weights, public))
+    assert main([f"{export}@4", "--data", str(csv_path), "--out", str(tmp_path / "m")]) == 0
+
+    model, _ = load_model(tmp_path / "m" / "model.json", tmp_path / "m" / "model_weights.h5")
+    got = model.predict(public[..., None].astype(np.float32) / 255, verbose=0)
+    np.testing.assert_allclose(got, softmax(reference_logits(weights, public, border=4)), atol=1e-4)
+
+
 def test_an_export_keras_disagrees_with_is_refused(tmp_path, data, capsys):
     from train.import_weights import main
 

@@ -225,7 +225,7 @@ def predict_logits(model, images, crop, mode, batch=1024):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m train.torch_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="fer2013.csv(.gz), or an .npz with x, y, xv, yv")
     p.add_argument("--ferplus", help="fer2013new.csv(.gz): FER+ votes for --soft-weight")
     p.add_argument("--soft-weight", type=float, default=0.0, metavar="A",
@@ -248,7 +248,14 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="folder for NAME.npz")
     p.add_argument("--log", help="JSON-lines log (default OUT/NAME.log); also printed")
     p.add_argument("--name", default=None, help="run name (default w{width}c{crop}s{seed})")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.soft_weight and not args.ferplus:
+        p.error("--soft-weight needs --ferplus fer2013new.csv(.gz)")
+    if not 0 <= args.soft_weight <= 1:
+        p.error(f"--soft-weight must be in [0, 1], got {args.soft_weight}")
+    if not 8 <= args.crop <= SIDE:
+        p.error(f"--crop must be 8-{SIDE} pixels, got {args.crop}")
+    return args
 
 
 def main(argv=None):
@@ -267,13 +274,19 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
-    x, y, xv, yv = load_arrays(args.data)
+    try:
+        x, y, xv, yv = load_arrays(args.data)
+    except (OSError, KeyError, ValueError) as exc:  # train.data.DataError is a ValueError
+        sys.exit(f"error: cannot read {args.data}: {exc}")
     n_train = len(y)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
     targets = np.eye(7, dtype=np.float32)[y]
     if args.soft_weight > 0:
-        dist = ferplus_distributions(args.ferplus, n_train)[:len(y)]
+        try:
+            dist = ferplus_distributions(args.ferplus, n_train)[:len(y)]
+        except (OSError, KeyError, ValueError) as exc:
+            sys.exit(f"error: cannot read the FER+ votes {args.ferplus}: {exc}")
         has = dist.sum(1, keepdims=True) > 0
         targets = np.where(has, (1 - args.soft_weight) * targets + args.soft_weight * dist, targets)
     if args.label_smoothing:
