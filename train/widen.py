@@ -1,6 +1,6 @@
 """Widen a trained model without changing what it computes (Net2WiderNet).
 
-    python -m train.widen --weights model_weights.h5 --width 64 --out wide.weights.h5
+    python -m train.widen --model run/model.json --weights run/model_weights.h5 --width 64 --out wide.weights.h5
     python -m train --data fer2013.csv.gz --width 64 --init-weights wide.weights.h5 ...
 
 Chen, Goodfellow & Shlens 2016, "Net2Net: Accelerating Learning via
@@ -71,7 +71,8 @@ def _split_inputs(weights, mapping, axis, noise, rng):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m train.widen", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="model.json", help="the narrow model's architecture")
+    p.add_argument("--model", default="model.json",
+                   help="the narrow model's architecture (one network, not the shipped pair)")
     p.add_argument("--weights", default="model_weights.h5", help="the narrow model's weights")
     p.add_argument("--width", type=int, required=True, help="the new width (filters in the first block)")
     p.add_argument("--out", required=True, help="where to write the wide weights (.weights.h5 or .h5)")
