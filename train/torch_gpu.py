@@ -26,8 +26,11 @@ and their mirror images).
 
 ``--seconds`` is a time budget: the script times the second epoch and then
 fixes the number of epochs (at most ``--epochs``) so that training ends
-within the budget; the epoch count is logged and saved, so a run can be
-repeated with ``--epochs N --seconds 0``.
+within the budget, and shortens that plan at an evaluation if the run falls
+behind (evaluations, exports or a busier GPU); the cosine then ends sooner
+from that epoch on.  Plans and replans are logged (``"event": "plan"`` /
+``"replan"``) and the final count is saved; ``--epochs N --seconds 0`` runs
+the plain schedule of N epochs.
 
 ``--ferplus`` with ``--soft-weight a`` trains on ``(1 - a) * one_hot(FER2013
 label) + a * FER+ vote distribution`` (Barsoum et al. 2016, "Training Deep
