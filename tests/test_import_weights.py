@@ -124,6 +124,18 @@ def test_an_export_keras_disagrees_with_is_refused(tmp_path, data, capsys):
     assert not (tmp_path / "m" / "model.json").exists()
 
 
+def test_an_export_checked_on_other_faces_is_refused(tmp_path, data, faces, capsys):
+    from train.import_weights import main
+
+    _, public = data  # 14 PublicTest faces; the --data file below has 7
+    weights = random_export(4, seed=6)
+    export = write_export(tmp_path / "a.npz", weights, 4, reference_logits(weights, public))
+    other = tmp_path / "other.csv"
+    other.write_text(fer_csv(faces, copies=1))
+    assert main([str(export), "--data", str(other), "--out", str(tmp_path / "m")]) == 2
+    assert "checked on 14 PublicTest faces" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec, words", [("a.npz@x", "whole number of pixels"), ("a.npz@30", "0-23 pixels")])
 def test_a_bad_border_is_a_usage_error(tmp_path, data, spec, words, capsys):
     from train.import_weights import main

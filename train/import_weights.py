@@ -14,13 +14,14 @@ crop of a member trained on 40x40 crops).  Each member is checked on its own.
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from train.model import build_ensemble, build_model
 
 
-class ImportError_(ValueError):
+class ExportError(ValueError):
     """The file is not a ``train.torch_gpu`` export, or Keras disagrees with it."""
 
 
@@ -33,7 +34,7 @@ def read_export(path):
         Keras's order, ``check_logits`` ``(256, 7)`` float32 PyTorch logits.
 
     Raises:
-        ImportError_: a missing key or an unreadable file.
+        ExportError: a missing key or an unreadable file.
     """
     try:
         with np.load(path) as d:
@@ -45,7 +46,7 @@ def read_export(path):
                     layer, index = key.rsplit("__", 1)
                     weights.setdefault(layer, {})[int(index)] = d[key].astype(np.float32)
     except (OSError, KeyError, ValueError) as exc:
-        raise ImportError_(f"{path}: not a train.torch_gpu export ({exc})") from None
+        raise ExportError(f"{path}: not a train.torch_gpu export ({exc})") from None
     return meta, {k: [v[i] for i in sorted(v)] for k, v in weights.items()}, check
 
 
@@ -53,7 +54,7 @@ def build_keras(meta, weights):
     """``build_model(width)`` with ``weights`` (from ``read_export``) set.
 
     Raises:
-        ImportError_: a layer's arrays are missing or have the wrong shape.
+        ExportError: a layer's arrays are missing or have the wrong shape.
     """
     model = build_model(width=int(meta["width"]))
     for layer in model.layers:
@@ -61,7 +62,7 @@ def build_keras(meta, weights):
             try:
                 layer.set_weights(weights[layer.name])
             except (KeyError, ValueError) as exc:
-                raise ImportError_(f"layer {layer.name}: {exc}") from None
+                raise ExportError(f"layer {layer.name}: {exc}") from None
     return model
 
 
@@ -71,7 +72,7 @@ def softmax(logits):
 
 
 def check_keras(model, check_logits, faces, path, tolerance=5e-3):
-    """Raise ImportError_ when Keras's probabilities on ``faces`` differ from PyTorch's.
+    """Raise ExportError when Keras's probabilities on ``faces`` differ from PyTorch's.
 
     Args:
         faces: ``(256, 48, 48, 1)`` float32 in [0, 1], the first PublicTest faces.
@@ -81,10 +82,13 @@ def check_keras(model, check_logits, faces, path, tolerance=5e-3):
     Returns:
         The largest difference seen.
     """
+    if len(faces) != len(check_logits):
+        raise ExportError(f"{path} was checked on {len(check_logits)} PublicTest faces, but the --data file has "
+                          f"{len(faces)} of the first 256: give the FER2013 file it was trained with")
     got = np.asarray(model.predict(faces, verbose=0))
     gap = float(np.abs(got - softmax(check_logits)).max())
     if gap > tolerance:
-        raise ImportError_(f"{path}: Keras and PyTorch differ by {gap:.2g} in a probability")
+        raise ExportError(f"{path}: Keras and PyTorch differ by {gap:.2g} in a probability")
     return gap
 
 
@@ -107,7 +111,6 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="fer2013.csv(.gz): PublicTest faces for the check")
     p.add_argument("--out", required=True, help="folder for model.json and model_weights.h5")
     args = p.parse_args(argv)
-    from pathlib import Path
     from model_files import save_model
     from train.data import DataError, load_fer2013_csv
     try:
@@ -120,7 +123,7 @@ def main(argv=None):
             print(f"{path}: width {meta['width']}, {meta.get('epochs')} epochs, border {border}, "
                   f"largest probability difference from PyTorch {gap:.1e}")
             members.append((meta, weights, border))
-    except (ImportError_, DataError) as exc:
+    except (ExportError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if len(members) == 1 and not members[0][2]:
