@@ -506,7 +506,11 @@ def save_classic_weights(model, path):
     ``layer_names``, ``backend``, ``keras_version``; one group per layer, in
     order, with attribute ``weight_names`` (TF variable names such as
     ``block1_conv1/kernel:0``) and one float32 dataset per weight.  Layers
-    without weights are listed with no datasets.
+    without weights are listed with no datasets.  The datasets are stored
+    with HDF5's byte-shuffle and gzip filters, which every HDF5 build reads
+    (h5py, Keras 3, tf.keras): the values are unchanged, the file smaller
+    (the shipped pair, whose kernels were rounded to float16 in training,
+    from 29.5 to about 16 MB).
     """
     import keras
 
@@ -520,7 +524,8 @@ def save_classic_weights(model, path):
             group.attrs["weight_names"] = names
             for name, weight in zip(names, layer.weights):
                 group.create_dataset(name.decode("utf8"),
-                                     data=np.asarray(keras.ops.convert_to_numpy(weight), np.float32))
+                                     data=np.asarray(keras.ops.convert_to_numpy(weight), np.float32),
+                                     shuffle=True, compression="gzip")
 
 
 def _write_atomic(path, write):

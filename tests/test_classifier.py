@@ -114,3 +114,8 @@ def test_converted_models_are_cached_and_a_damaged_cache_is_replaced(tiny_model_
     assert repaired.backend == "tflite-int8"
     np.testing.assert_array_equal(repaired.predict(x), fresh.predict(x))
     assert cached_files[0].stat().st_size > 1000
+
+
+def test_shipped_weights_file_stays_under_the_repository_limit():
+    # classic layout with HDF5's shuffle + gzip filters (model_files.save_classic_weights); no file over 20 MB
+    assert Config().weights_path.stat().st_size < 20 * 1024 * 1024
