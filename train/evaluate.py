@@ -74,6 +74,15 @@ def predict(classifier, images, tta=False, batch_size=256):
     return np.concatenate(out)
 
 
+def write_outputs(result, labels, png, title, as_json):
+    """Save ``result``'s confusion matrix to ``png`` (titled ``title``), say where, and with
+    ``as_json`` print ``result`` as one JSON line: the end of every evaluation command."""
+    save_confusion_png(result["confusion"], labels, png, title)
+    print(f"confusion matrix saved to {png}")
+    if as_json:
+        print(json.dumps(result))
+
+
 def save_confusion_png(confusion, labels, path, title):
     import matplotlib
     matplotlib.use("Agg")
@@ -165,11 +174,8 @@ def main(argv=None):
     result.update(split=args.split, tta=args.tta, model=str(args.model))
     print(format_report(result, labels))
     png = args.confusion_png or f"confusion_{args.split}{'_tta' if args.tta else ''}.png"
-    save_confusion_png(result["confusion"], labels, png,
-                       f"{args.split}{' + TTA' if args.tta else ''}: accuracy {result['accuracy']:.1%}")
-    print(f"confusion matrix saved to {png}")
-    if args.json:
-        print(json.dumps(result))
+    write_outputs(result, labels, png, f"{args.split}{' + TTA' if args.tta else ''}: accuracy "
+                  f"{result['accuracy']:.1%}", args.json)
 
 
 if __name__ == "__main__":

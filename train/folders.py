@@ -22,7 +22,6 @@ An unreadable image is counted and named, and left out of every figure.
 """
 import argparse
 import csv
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from train.data import DataError
-from train.evaluate import confusion_lines, metrics, save_confusion_png
+from train.evaluate import confusion_lines, metrics, write_outputs
 
 #: File name endings read as images in a folder (others are ignored).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -292,11 +291,8 @@ def main(argv=None):
     if unreadable:
         print(f"{len(unreadable)} unreadable image(s) left out")
     png = args.confusion_png or f"confusion_{name}{'_crops' if args.crops else ''}.png"
-    save_confusion_png(result["confusion"], list(labels) + [NO_FACE], png,
-                       f"{name}{' (crops)' if args.crops else ''}: accuracy {result['accuracy']:.1%}")
-    print(f"confusion matrix saved to {png}")
-    if args.json:
-        print(json.dumps(result))
+    write_outputs(result, list(labels) + [NO_FACE], png,
+                  f"{name}{' (crops)' if args.crops else ''}: accuracy {result['accuracy']:.1%}", args.json)
 
 
 if __name__ == "__main__":
