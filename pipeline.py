@@ -105,18 +105,23 @@ class FaceDetector:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         return np.round(boxes / scale).astype(np.int32)
 
-    def detect_padded(self, gray, pad):
+    def detect_padded(self, gray, pad, min_side_px=0):
         """``detect`` on ``gray`` widened by a replicated border, boxes mapped back.
 
         The cascade only fires where its whole window, face plus a little
         forehead and chin, lies inside the image, so a face that touches the
         border or fills the frame (the usual uploaded crop) is missed.
-        Replicating the edge pixels outwards gives the window room.
+        Replicating the edge pixels outwards gives the window room.  A small
+        image (a 48x48 face crop) is also missed more often at its own size
+        than enlarged: ``min_side_px`` enlarges it for the search.
 
         Args:
             gray: ``(H, W)`` uint8 grayscale image.
             pad: border width on every side as a fraction of ``max(H, W)``;
                 0 is a plain ``detect``.
+            min_side_px: an image whose shorter side is below this many
+                pixels is enlarged (bicubic) so that side reaches it before
+                the search; 0 never enlarges.
 
         Returns:
             ``(N, 4)`` int32 ``(x, y, w, h)`` boxes in pixels of ``gray``,
@@ -128,20 +133,23 @@ class FaceDetector:
             times the pixels.
 
         Raises:
-            ValueError: ``pad`` is negative.
+            ValueError: ``pad`` or ``min_side_px`` is negative.
         """
-        if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
+        if pad < 0 or min_side_px < 0:
+            raise ValueError(f"pad and min_side_px must be >= 0, got {pad} and {min_side_px}")
+        height, width = gray.shape[:2]
+        enlarge = max(1.0, min_side_px / min(height, width))
+        if enlarge > 1.0:
+            gray = cv2.resize(gray, (round(width * enlarge), round(height * enlarge)), interpolation=cv2.INTER_CUBIC)
         border = int(round(pad * max(gray.shape[:2])))
-        if border == 0:
-            return self.detect(gray)
-        padded = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_REPLICATE)
         # downscale as for the unpadded image: the border must not raise the smallest face found
         scale = min(1.0, self.detect_width / gray.shape[1]) if self.detect_width else 1.0
-        boxes = self.detect(padded, scale=scale)
+        padded = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_REPLICATE) if border else gray
+        boxes = self.detect(padded, scale=scale).astype(np.float64)
         boxes[:, :2] -= border
+        boxes = np.round(boxes / enlarge).astype(np.int32)
         centre = boxes[:, :2] + boxes[:, 2:] / 2
-        inside = ((centre >= 0) & (centre < np.array(gray.shape[1::-1]))).all(1)
+        inside = ((centre >= 0) & (centre < np.array([width, height]))).all(1)
         return boxes[inside]
 
 
@@ -276,14 +284,21 @@ class FramePipeline:
         image_pad: ``analyse_image`` only (never video frames): border added
             around the image before the face search, as a fraction of its
             longer side (see ``FaceDetector.detect_padded``); 0 turns it off.
+        image_min_side_px: ``analyse_image`` only: an image whose shorter
+            side is below this many pixels is enlarged to it for the face
+            search (the crops still come from the image itself); 0 never.
     """
 
-    def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0, image_pad=0.0):
+    def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0, image_pad=0.0,
+                 image_min_side_px=0):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         if image_pad < 0:
             raise ValueError(f"image_pad must be >= 0, got {image_pad}")
+        if image_min_side_px < 0:
+            raise ValueError(f"image_min_side_px must be >= 0, got {image_min_side_px}")
         self.image_pad = image_pad
+        self.image_min_side_px = image_min_side_px
         self.detector = detector
         self.classifier = classifier
         self.crop_margin = crop_margin
@@ -352,7 +367,7 @@ class FramePipeline:
         """
         image = to_uint8_image(image)
         gray = _grayscale(image)
-        boxes = self.detector.detect_padded(gray, self.image_pad)
+        boxes = self.detector.detect_padded(gray, self.image_pad, self.image_min_side_px)
         crops = self._crops(gray, boxes, image)
         return [self._face(b, p, None, crop)
                 for b, p, crop in zip(clip_boxes(boxes, gray.shape), self._predict(crops), crops)]

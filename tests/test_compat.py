@@ -291,8 +291,8 @@ def test_keras3_archive_loads_and_its_lambda_is_refused(tmp_path, x48):
 
 def test_shipped_weights_load_into_the_same_graph_built_with_tf_keras(faces):
     """The shipped ``model_weights.h5`` is classic HDF5: tf.keras 2 loads it into the architecture
-    ``model.json`` describes (built here layer by layer with ``tf_keras``, the member widths and
-    crops read from the JSON), and computes what Keras 3 computes from the shipped pair."""
+    ``model.json`` describes (built here layer by layer with ``tf_keras``, the member widths,
+    crops and weights read from the JSON), and computes what Keras 3 computes from the shipped pair."""
     from config import Config
 
     config = Config()
@@ -320,7 +320,12 @@ def test_shipped_weights_load_into_the_same_graph_built_with_tf_keras(faces):
             x = k2.layers.Cropping2D(layers[f"{member}_crop"]["config"]["cropping"], name=f"{member}_crop")(x)
         outputs.append(vgg(x, layers[f"{member}_block1_conv1"]["config"]["filters"], f"{member}_"))
     assert len(outputs) == 2  # the shipped pair
-    old = k2.Model(face, k2.layers.Average(name="predictions")(outputs))
+    if f"{members[0]}_weight" in layers:  # a weighted mean: Rescaling each member, then Add
+        outputs = [k2.layers.Rescaling(layers[f"{m}_weight"]["config"]["scale"], name=f"{m}_weight")(p)
+                   for m, p in zip(members, outputs)]
+        old = k2.Model(face, k2.layers.Add(name="predictions")(outputs))
+    else:
+        old = k2.Model(face, k2.layers.Average(name="predictions")(outputs))
     old.load_weights(str(config.weights_path))
 
     x = np.stack(list(faces.values()))[..., None].astype(np.float32) / 255

@@ -189,3 +189,36 @@ def test_padding_keeps_the_downscale_of_the_unpadded_image():
     assert spy.seen == ((500, 600), 1.0)  # 100-pixel border, searched at full resolution
     spy.detect_padded(np.zeros((300, 800), np.uint8), 0.25)
     assert spy.seen == ((700, 1200), 0.5)  # as the 800-wide image alone would be: 400 / 800
+
+
+def test_a_small_crop_is_found_when_enlarged_for_the_search(faces, classifier):
+    from pipeline import FaceDetector, FramePipeline
+
+    crop = faces["Angry"]  # the 48x48 FER2013 face itself, as uploaded
+    detector = FaceDetector(1.1, 5, 24, 1280)  # Config's image_* settings
+    assert len(detector.detect_padded(crop, 0.3)) == 0
+    boxes = detector.detect_padded(crop, 0.3, min_side_px=144)
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]  # in pixels of the 48x48 image, not of the enlarged one
+    assert 24 < w < 72 and abs(x + w / 2 - 24) < 12 and abs(y + h / 2 - 24) < 12
+    found = FramePipeline(detector, classifier, image_pad=0.3, image_min_side_px=144).analyse_image(crop)
+    assert len(found) == 1
+    fx, fy, fw, fh = found[0].box
+    assert fx >= 0 and fy >= 0 and fx + fw <= 48 and fy + fh <= 48
+
+
+def test_enlarging_for_the_search_scales_the_image_then_pads_it():
+    from pipeline import FaceDetector
+
+    class Spy(FaceDetector):
+        def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
+            self.seen = (gray.shape, scale)
+            return super().detect(gray, min_px, max_px, scale, min_neighbors)
+
+    spy = Spy(detect_width=1280)
+    spy.detect_padded(np.zeros((50, 100), np.uint8), 0.25, min_side_px=100)
+    assert spy.seen == ((200, 300), 1.0)  # 100x200 after doubling, then a 50-pixel border
+    spy.detect_padded(np.zeros((150, 100), np.uint8), 0.0, min_side_px=100)
+    assert spy.seen == ((150, 100), 1.0)  # already large enough: untouched
+    with pytest.raises(ValueError, match="min_side_px"):
+        spy.detect_padded(np.zeros((10, 10), np.uint8), 0.0, min_side_px=-1)

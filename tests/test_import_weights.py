@@ -152,3 +152,66 @@ def test_a_file_that_is_not_an_export_is_refused(tmp_path, data, capsys):
     (tmp_path / "x.npz").write_bytes(b"not a zip")
     assert main([str(tmp_path / "x.npz"), "--data", str(data[0]), "--out", str(tmp_path / "m")]) == 2
     assert "not a train.torch_gpu export" in capsys.readouterr().err
+
+
+def test_member_weights_weigh_the_members_probabilities(tmp_path, data):
+    from train.import_weights import main
+
+    csv_path, public = data
+    a, b = random_export(4, seed=7), random_export(8, seed=8)
+    export_a = write_export(tmp_path / "a.npz", a, 4, reference_logits(a, public))
+    export_b = write_export(tmp_path / "b.npz", b, 8, reference_logits(b, public))
+    assert main([str(export_a), f"{export_b}@4", "--member-weights", "1,3",
+                 "--data", str(csv_path), "--out", str(tmp_path / "m")]) == 0
+
+    model, _ = load_model(tmp_path / "m" / "model.json", tmp_path / "m" / "model_weights.h5")
+    got = model.predict(public[..., None].astype(np.float32) / 255, verbose=0)
+    expected = 0.25 * softmax(reference_logits(a, public)) + 0.75 * softmax(reference_logits(b, public, border=4))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_the_weight_search_keeps_the_most_accurate_weighting():
+    """Two faces, both class 0.  With weight w on member A: face 0 is right when 0.8 w > 0.5
+    (w > 0.625), face 1 when 0.9 - 0.5 w > 0.5 (w < 0.8).  On the 0.05 grid 0.65, 0.7 and 0.75
+    get both right; the tie goes to 0.65, nearest the plain mean, which gets only face 1."""
+    from train.import_weights import search_weights
+
+    a = [[0.8, 0.2], [0.4, 0.6]]
+    b = [[0.0, 1.0], [0.9, 0.1]]
+    votes = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)  # face 0: FER+ says class 1; face 1: no votes
+    best, table = search_weights(np.array([a, b]), np.array([0, 0]), votes=votes)
+    np.testing.assert_allclose(best, [0.65, 0.35])
+    rows = {tuple(row["weights"]): row for row in table}
+    assert len(rows) == 19
+    assert rows[(0.65, 0.35)]["accuracy"] == 1.0 and rows[(0.65, 0.35)]["ferplus"] == 0.0
+    assert rows[(0.5, 0.5)]["accuracy"] == 0.5 and rows[(0.5, 0.5)]["ferplus"] == 1.0
+    assert rows[(0.85, 0.15)]["accuracy"] == 0.5
+
+
+def test_the_weight_grid_shares_out_whole_steps():
+    from train.import_weights import weight_grid
+
+    np.testing.assert_allclose(sorted(map(tuple, weight_grid(3, step=0.25))),
+                               [(0.25, 0.25, 0.5), (0.25, 0.5, 0.25), (0.5, 0.25, 0.25)])
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--member-weights", "1,2,3"], "3 weights for 2 exports"),
+    (["--member-weights", "1,-1"], "every weight must be above 0"),
+    (["--member-weights", "a,b"], "numbers separated by commas"),
+])
+def test_bad_member_weights_are_a_usage_error(tmp_path, data, extra, words, capsys):
+    from train.import_weights import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["a.npz", "b.npz", "--data", str(data[0]), "--out", str(tmp_path), *extra])
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_member_weights_need_two_exports(tmp_path, data, capsys):
+    from train.import_weights import main
+
+    with pytest.raises(SystemExit):
+        main(["a.npz", "--member-weights", "1", "--data", str(data[0]), "--out", str(tmp_path)])
+    assert "two or more exports" in capsys.readouterr().err

@@ -143,6 +143,22 @@ def test_malformed_csv_names_file_and_line(tmp_path, text, words):
     assert words in str(e.value)
 
 
+
+def test_ferplus_votes_become_distributions_in_fer2013_class_order(tmp_path):
+    from train.data import load_ferplus_votes
+
+    path = tmp_path / "fer2013new.csv"
+    path.write_text("Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+                    "Training,a.png,0,0,0,0,0,0,0,0,0,10\n"
+                    "PublicTest,b.png,6,0,0,0,2,0,0,1,1,0\n"   # contempt and unknown are dropped
+                    "PublicTest,c.png,0,0,0,0,0,0,0,0,10,0\n"  # no vote for the 7 classes
+                    "PublicTest,d.png,0,5,0,0,0,0,5,0,0,0\n")
+    votes = load_ferplus_votes(path, "PublicTest", expected=3)
+    # FER2013 order: Angry, Disgust, Fear, Happy, Sad, Surprise, Neutral
+    np.testing.assert_allclose(votes, [[0.25, 0, 0, 0, 0, 0, 0.75], [0] * 7, [0, 0, 0.5, 0.5, 0, 0, 0]])
+    with pytest.raises(DataError, match="1 Training rows, expected 2"):
+        load_ferplus_votes(path, "Training", expected=2)
+
 def test_missing_file_and_bad_folders(tmp_path, folder_path):
     with pytest.raises(DataError, match="nope.csv: no such file"):
         load_dataset(tmp_path / "nope.csv", FER2013_LABELS)

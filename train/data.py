@@ -82,6 +82,48 @@ def load_fer2013_csv(path, num_classes=7):
             for s in SPLITS if images[s]}
 
 
+#: FER+ vote columns of ``fer2013new.csv`` (Barsoum et al. 2016: neutral,
+#: happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF)
+#: for the FER2013 classes Angry ... Neutral; contempt, unknown and NF are dropped.
+FERPLUS_COLUMNS = (4, 5, 6, 1, 3, 2, 0)
+
+
+def load_ferplus_votes(path, split, expected=None):
+    """The FER+ vote distribution over the 7 FER2013 classes for one split's rows.
+
+    Args:
+        path: ``fer2013new.csv(.gz)`` (header ``Usage,Image name,neutral,...,NF``),
+            rows in FER2013's order.
+        split: ``"Training"`` or ``"PublicTest"``.
+        expected: the number of rows the split must have (FER2013's), or None.
+
+    Returns:
+        ``(N, 7)`` float32 rows summing to 1 in FER2013 class order; a row
+        with no vote for any of the 7 classes is all 0.
+
+    Raises:
+        DataError: a missing file, a short row, a non-numeric vote, or
+            ``expected`` not matching the split's row count.
+    """
+    rows = []
+    with _open_text(path) as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for row in reader:
+            if row and row[0] == split:
+                try:
+                    rows.append([float(v) for v in row[2:12]])
+                except ValueError:
+                    raise DataError(f"{path}, line {reader.line_num}: non-numeric vote") from None
+                if len(rows[-1]) != 10:
+                    raise DataError(f"{path}, line {reader.line_num}: {len(rows[-1])} vote columns, expected 10")
+    if expected is not None and len(rows) != expected:
+        raise DataError(f"{path}: {len(rows)} {split} rows, expected {expected}")
+    seven = np.asarray(rows, np.float32).reshape(-1, 10)[:, FERPLUS_COLUMNS]
+    total = seven.sum(1, keepdims=True)
+    return np.divide(seven, total, out=np.zeros_like(seven), where=total > 0)
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 #: The selection split of the image-folder layout: ``--val`` or a part carved from ``train/``.
 VALIDATION = "Validation"

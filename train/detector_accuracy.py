@@ -44,6 +44,8 @@ def main(argv=None):
     p.add_argument("--pads", help="instead: the upload path (image_* settings, largest face) on the bare "
                                   "enlarged crop, no canvas, for each Config.image_pad in this list")
     p.add_argument("--canvas", action="store_true", help="with --pads: the face on a grey canvas, as below")
+    p.add_argument("--image-min-side", type=int, default=defaults.image_min_side_px,
+                   help="with --pads: Config.image_min_side_px (default: the server's, %(default)s)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
@@ -52,7 +54,7 @@ def main(argv=None):
                                        class_names=args.classes, backend=args.backend)
     if args.pads:
         result = bare_crops(classifier, images, labels, [float(v) for v in args.pads.split(",")], args.side,
-                            args.canvas)
+                            args.canvas, args.image_min_side)
         if args.json:
             print(json.dumps(result))
         return
@@ -89,7 +91,7 @@ def main(argv=None):
         print(json.dumps(result))
 
 
-def bare_crops(classifier, images, labels, pads, side=144, canvas=False):
+def bare_crops(classifier, images, labels, pads, side=144, canvas=False, min_side_px=0):
     """Faces found and accuracy when each face is uploaded as a tight crop.
 
     Each ``(48, 48)`` face is enlarged (bicubic) to ``side`` pixels and given
@@ -97,7 +99,9 @@ def bare_crops(classifier, images, labels, pads, side=144, canvas=False):
     with ``Config.image_pad`` set to each of ``pads``; the largest face
     found is its answer, no face counts as wrong.  ``canvas`` puts the
     enlarged face in the middle of a grey canvas twice its side instead (a
-    whole photo).
+    whole photo).  ``min_side_px`` is ``Config.image_min_side_px``: with
+    ``side=48`` the faces are uploaded as they are and only the search
+    enlarges them.
 
     Returns:
         ``{str(pad): {"found", "accuracy_all", "accuracy_found"}}`` (fractions).
@@ -109,10 +113,11 @@ def bare_crops(classifier, images, labels, pads, side=144, canvas=False):
 
     result = {}
     for pad in pads:
-        pipeline = build_pipeline(replace(Config(), image_pad=pad), classifier, for_images=True)
+        pipeline = build_pipeline(replace(Config(), image_pad=pad, image_min_side_px=min_side_px), classifier,
+                                  for_images=True)
         found = correct = 0
         for face, label in zip(images, labels):
-            big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+            big = face if side == face.shape[0] else cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
             if canvas:
                 big = cv2.copyMakeBorder(big, side // 2, side // 2, side // 2, side // 2, cv2.BORDER_CONSTANT,
                                          value=128)

@@ -243,6 +243,9 @@ def main(argv=None):
                    help="inference path (default: the server's, %(default)s)")
     p.add_argument("--image-pad", type=float, default=defaults.image_pad,
                    help="Config.image_pad for the face search (default: the server's, %(default)s)")
+    p.add_argument("--image-min-side", type=int, default=defaults.image_min_side_px,
+                   help="Config.image_min_side_px: smaller images are enlarged for the face search "
+                        "(default: the server's, %(default)s)")
     p.add_argument("--crop-margin", type=float, default=defaults.crop_margin,
                    help="Config.crop_margin (default: the server's, %(default)s)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
@@ -252,13 +255,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.image_pad < 0:
         p.error(f"--image-pad must be >= 0, got {args.image_pad}")
+    if args.image_min_side < 0:
+        p.error(f"--image-min-side must be >= 0, got {args.image_min_side}")
 
     from builders import build_pipeline
     from classifier import Classifier
     from model_files import ModelLoadError
 
     config = replace(defaults, model_path=Path(args.model), weights_path=Path(args.weights), backend=args.backend,
-                     image_pad=args.image_pad, crop_margin=args.crop_margin)
+                     image_pad=args.image_pad, image_min_side_px=args.image_min_side, crop_margin=args.crop_margin)
     try:
         classifier = Classifier.from_files(config.model_path, config.weights_path, backend=config.backend)
         labels = classifier.labels
@@ -275,7 +280,8 @@ def main(argv=None):
     result = score(probs, y_true, found, labels, temperature=classifier.temperature)
     name = Path(args.data or args.manifest).stem or "data"
     result.update(data=str(args.data or args.manifest), mode="crops" if args.crops else "photos",
-                  image_pad=args.image_pad, crop_margin=args.crop_margin, model=str(args.model),
+                  image_pad=args.image_pad, image_min_side_px=args.image_min_side, crop_margin=args.crop_margin,
+                  model=str(args.model),
                   unreadable=len(unreadable), unreadable_files=[path for path, _ in unreadable])
     print(format_folder_report(result, labels))
     if args.predictions:

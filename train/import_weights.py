@@ -10,8 +10,15 @@ in the classic HDF5 layout.  Several files: ``train.model.build_ensemble``,
 one graph averaging the members' probabilities; ``PATH@B`` makes that member
 see the face with B pixels cropped from each side (4 gives the 40x40 centre
 crop of a member trained on 40x40 crops).  Each member is checked on its own.
+
+``--member-weights 0.4,0.6`` weighs the members' probabilities instead of
+taking their plain mean; ``--member-weights search`` tries every weighting
+on a grid (steps of 0.05) and keeps the one most accurate on PublicTest
+(``--ferplus`` adds each weighting's agreement with the FER+ majority vote
+to the table, for information only).
 """
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -92,6 +99,85 @@ def check_keras(model, check_logits, faces, path, tolerance=5e-3):
     return gap
 
 
+def weight_grid(members, step=0.05):
+    """Every weighting of ``members`` members on a grid: ``(K, members)`` float64 rows > 0 summing to 1.
+
+    ``round(1 / step)`` parts are shared out, each member getting at least one.
+    """
+    parts = int(round(1 / step))
+    rows = [c for c in itertools.product(range(1, parts), repeat=members - 1) if sum(c) < parts]
+    return np.array([(*c, parts - sum(c)) for c in rows], np.float64).reshape(-1, members) / parts
+
+
+def search_weights(member_probs, labels, step=0.05, votes=None):
+    """Choose the weighting of the members' probabilities most accurate on ``labels``.
+
+    Args:
+        member_probs: ``(M, N, C)`` each member's probabilities on the same N faces.
+        labels: ``(N,)`` int true classes (PublicTest's).
+        step: grid step of ``weight_grid``.
+        votes: optional ``(N, C)`` FER+ vote distributions (rows of 0: no vote);
+            adds ``ferplus``, the agreement with the majority vote over the
+            rows with votes, to each row of the table.
+
+    Returns:
+        ``(best, table)``: ``best`` the ``(M,)`` weights; ``table`` a list of
+        dicts ``weights``, ``accuracy`` (and ``ferplus``), best first.  Ties
+        go to the weighting nearest the plain mean.
+    """
+    member_probs = np.asarray(member_probs, np.float64)
+    labels = np.asarray(labels)
+    table = []
+    for weights in weight_grid(len(member_probs), step):
+        pred = np.tensordot(weights, member_probs, axes=1).argmax(1)
+        row = {"weights": [round(float(w), 4) for w in weights], "accuracy": float((pred == labels).mean()),
+               "_spread": float(np.abs(weights - 1 / len(weights)).sum())}
+        if votes is not None:
+            has = votes.sum(1) > 0
+            row["ferplus"] = float((pred[has] == votes[has].argmax(1)).mean())
+        table.append(row)
+    table.sort(key=lambda r: (-r["accuracy"], r["_spread"]))
+    for row in table:
+        del row["_spread"]
+    return np.array(table[0]["weights"]), table
+
+
+def member_probabilities(members, faces):
+    """Each ``(meta, weights, border)`` member's probabilities ``(M, N, 7)`` float32 on ``faces``.
+
+    Args:
+        faces: ``(N, 48, 48, 1)`` float32 in [0, 1]; a member with border B sees
+            the centre ``(48 - 2B)`` pixels square, as in the served graph.
+    """
+    out = []
+    for meta, weights, border in members:
+        model = build_ensemble([(int(meta["width"]), border)])
+        set_member(model, 0, weights)
+        out.append(np.asarray(model.predict(faces, batch_size=256, verbose=0)))
+    return np.stack(out)
+
+
+def set_member(model, index, weights):
+    """Set the layers ``m{index}_*`` of a ``build_ensemble`` graph from ``{layer name: [arrays]}``."""
+    prefix = f"m{index}_"
+    for layer in model.layers:
+        if layer.name.startswith(prefix) and layer.weights:
+            layer.set_weights(weights[layer.name[len(prefix):]])
+
+
+def parse_weights(text):
+    """``"search"`` or ``"0.4,0.6"`` (numbers > 0) -> ``"search"`` or a list of floats."""
+    if text == "search":
+        return text
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: give numbers separated by commas, or 'search'") from None
+    if not all(w > 0 for w in weights):
+        raise argparse.ArgumentTypeError(f"{text}: every weight must be above 0")
+    return weights
+
+
 def parse_member(spec):
     """``"PATH"`` or ``"PATH@B"`` -> ``(PATH, B)``, B the border in pixels (0-23)."""
     path, _, border = spec.partition("@")
@@ -110,11 +196,22 @@ def main(argv=None):
                    help="exports from train.torch_gpu; @B crops B pixels from each side for that member")
     p.add_argument("--data", required=True, help="fer2013.csv(.gz): PublicTest faces for the check")
     p.add_argument("--out", required=True, help="folder for model.json and model_weights.h5")
+    p.add_argument("--member-weights", type=parse_weights, metavar="W,W,...|search",
+                   help="weigh the members' probabilities (default: their plain mean); 'search' picks the "
+                        "weighting most accurate on PublicTest")
+    p.add_argument("--ferplus", help="fer2013new.csv(.gz): with --member-weights search, also report each "
+                                     "weighting's agreement with the FER+ majority vote")
     args = p.parse_args(argv)
+    if args.member_weights is not None and len(args.exports) < 2:
+        p.error("--member-weights needs two or more exports")
+    if isinstance(args.member_weights, list) and len(args.member_weights) != len(args.exports):
+        p.error(f"--member-weights has {len(args.member_weights)} weights for {len(args.exports)} exports")
     from model_files import save_model
-    from train.data import DataError, load_fer2013_csv
+    from train.data import DataError, load_fer2013_csv, load_ferplus_votes
     try:
-        faces = load_fer2013_csv(args.data)["PublicTest"][0][:256, :, :, None].astype(np.float32) / 255
+        public_faces, public_labels = load_fer2013_csv(args.data)["PublicTest"]
+        votes = load_ferplus_votes(args.ferplus, "PublicTest", len(public_labels)) if args.ferplus else None
+        faces = public_faces[:256, :, :, None].astype(np.float32) / 255
         members = []
         for path, border in args.exports:
             meta, weights, check = read_export(path)
@@ -126,18 +223,29 @@ def main(argv=None):
     except (ExportError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    weights = args.member_weights
+    if weights == "search":
+        probs = member_probabilities(members, public_faces[..., None].astype(np.float32) / 255)
+        weights, table = search_weights(probs, public_labels, votes=votes)
+        print(f"PublicTest accuracy by member weights ({len(table)} tried; best first)")
+        for row in table[:10]:
+            extra = f"  FER+ majority {row['ferplus']:.2%}" if "ferplus" in row else ""
+            print(f"  {','.join(f'{w:g}' for w in row['weights'])}: {row['accuracy']:.2%}{extra}")
+        plain = search_weights(probs, public_labels, step=1 / len(members), votes=votes)[1][0]
+        print(f"  plain mean: {plain['accuracy']:.2%}"
+              + (f"  FER+ majority {plain['ferplus']:.2%}" if "ferplus" in plain else ""))
+        weights = list(weights)
     if len(members) == 1 and not members[0][2]:
         model = build_keras(members[0][0], members[0][1])
     else:
-        model = build_ensemble([(int(meta["width"]), border) for meta, _, border in members])
-        for i, (meta, weights, _) in enumerate(members):
-            for layer in model.layers:
-                if layer.name.startswith(f"m{i}_") and layer.weights:
-                    layer.set_weights(weights[layer.name[len(f"m{i}_"):]])
+        model = build_ensemble([(int(meta["width"]), border) for meta, _, border in members], weights=weights)
+        for i, (_, member_weights, _) in enumerate(members):
+            set_member(model, i, member_weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out / "model.json", out / "model_weights.h5")
-    print(f"wrote {out / 'model.json'} and {out / 'model_weights.h5'}")
+    print(f"wrote {out / 'model.json'} and {out / 'model_weights.h5'}"
+          + (f" (member weights {','.join(f'{w:g}' for w in weights)})" if weights else ""))
     return 0
 
 

@@ -55,7 +55,7 @@ def build_model(num_classes=7, width=32, dropout=0.4, input_size=48):
     return keras.Model(inputs, _vgg(inputs, num_classes, width, dropout), name=f"fer_vgg{width}")
 
 
-def build_ensemble(members, num_classes=7, dropout=0.4, input_size=48):
+def build_ensemble(members, num_classes=7, dropout=0.4, input_size=48, weights=None):
     """Several ``build_model`` networks in one graph, their probabilities averaged.
 
     Member ``i``'s layers are ``build_model``'s names prefixed ``m{i}_``; a
@@ -68,12 +68,23 @@ def build_ensemble(members, num_classes=7, dropout=0.4, input_size=48):
     Args:
         members: sequence of ``(width, border)``: first-block filters, and
             pixels cropped from each side (0 for none).
+        weights: None for the plain mean (an ``Average`` layer), or one
+            number > 0 per member: the output is ``sum(w_i * p_i) / sum(w)``,
+            each member's probabilities scaled by a ``Rescaling`` layer
+            ``m{i}_weight`` and summed by an ``Add`` layer.
 
     Returns:
         An uncompiled ``keras.Model``: ``(N, input_size, input_size, 1)``
-        float32 in [0, 1] to ``(N, num_classes)`` float32, the mean of the
-        members' softmax probabilities (one member: its own).
+        float32 in [0, 1] to ``(N, num_classes)`` float32, the (weighted)
+        mean of the members' softmax probabilities (one member: its own).
+
+    Raises:
+        ValueError: ``weights`` has the wrong length or a weight that is not > 0.
     """
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(members) or not all(w > 0 for w in weights):
+            raise ValueError(f"need one weight > 0 per member ({len(members)}), got {weights}")
     inputs = keras.Input((input_size, input_size, 1), name="face")
     outputs = []
     for i, (width, border) in enumerate(members):
@@ -81,7 +92,15 @@ def build_ensemble(members, num_classes=7, dropout=0.4, input_size=48):
         if border:
             x = layers.Cropping2D(int(border), name=f"m{i}_crop")(x)
         outputs.append(_vgg(x, num_classes, width, dropout, prefix=f"m{i}_"))
-    output = outputs[0] if len(outputs) == 1 else layers.Average(dtype="float32", name="predictions")(outputs)
+    if len(outputs) == 1:
+        output = outputs[0]
+    elif weights is None:
+        output = layers.Average(dtype="float32", name="predictions")(outputs)
+    else:
+        total = sum(weights)
+        scaled = [layers.Rescaling(w / total, dtype="float32", name=f"m{i}_weight")(p)
+                  for i, (w, p) in enumerate(zip(weights, outputs))]
+        output = layers.Add(dtype="float32", name="predictions")(scaled)
     return keras.Model(inputs, output, name="fer_ensemble")
 
 

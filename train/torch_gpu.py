@@ -50,10 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.data import load_ferplus_votes
+
 SIDE = 48
-#: FER+ vote columns (neutral, happiness, surprise, sadness, anger, disgust,
-#: fear, contempt, unknown, NF) for the FER2013 classes Angry ... Neutral.
-FERPLUS_COLUMNS = (4, 5, 6, 1, 3, 2, 0)
 
 
 def load_arrays(path):
@@ -72,26 +71,6 @@ def load_arrays(path):
     from train.data import load_fer2013_csv
     splits = load_fer2013_csv(path)
     return (*splits["Training"], *splits["PublicTest"])
-
-
-def ferplus_distributions(path, n_train):
-    """The FER+ vote distribution over the 7 FER2013 classes for the Training rows.
-
-    Args:
-        path: ``fer2013new.csv(.gz)``, rows in FER2013's order.
-        n_train: number of Training rows expected.
-
-    Returns:
-        ``(n_train, 7)`` float32; rows with no votes for the 7 classes are 0.
-    """
-    import pandas as pd
-    votes = pd.read_csv(path)
-    votes = votes[votes["Usage"] == "Training"].iloc[:, 2:].to_numpy(np.float32)
-    if len(votes) != n_train:
-        raise ValueError(f"{path}: {len(votes)} Training rows, expected {n_train}")
-    seven = votes[:, FERPLUS_COLUMNS]
-    total = seven.sum(1, keepdims=True)
-    return np.divide(seven, total, out=np.zeros_like(seven), where=total > 0)
 
 
 class FerVGG(nn.Module):
@@ -287,7 +266,7 @@ def main(argv=None):
     targets = np.eye(7, dtype=np.float32)[y]
     if args.soft_weight > 0:
         try:
-            dist = ferplus_distributions(args.ferplus, n_train)[:len(y)]
+            dist = load_ferplus_votes(args.ferplus, "Training", n_train)[:len(y)]
         except (OSError, KeyError, ValueError) as exc:
             sys.exit(f"error: cannot read the FER+ votes {args.ferplus}: {exc}")
         has = dist.sum(1, keepdims=True) > 0
