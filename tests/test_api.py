@@ -93,6 +93,23 @@ def test_tight_crop_is_found_through_the_padded_search(clip, tiny_model_files, m
     assert 0 <= x and 0 <= y and x + w <= 144 and y + h <= 144 and w > 72
 
 
+
+def test_a_48_pixel_crop_is_found_through_the_enlarged_search(clip, tiny_model_files, make_app, faces):
+    # the Angry fixture uploaded at its own 48x48: Haar finds it only when the search enlarges it
+    crop = cv2.imencode(".png", faces["Angry"])[1].tobytes()
+    model_path, weights_path = tiny_model_files
+    found = {}
+    for side in (0, Config().image_min_side_px):
+        app = make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path,
+                              image_min_side_px=side))
+        r = app.test_client().post("/api/predict", data=crop, content_type="image/png")
+        assert r.status_code == 200
+        found[side] = r.get_json()["faces"]
+    assert found[0] == [] and Config().image_min_side_px > 48
+    check_faces({"faces": found[Config().image_min_side_px]}, 1)
+    x, y, w, h = found[Config().image_min_side_px][0]["box"]
+    assert 0 <= x and 0 <= y and x + w <= 48 and y + h <= 48 and w > 24  # in the upload's own pixels
+
 def test_no_face_is_an_empty_list(client):
     blank = cv2.imencode(".jpg", np.full((100, 100, 3), 200, np.uint8))[1].tobytes()
     r = client.post("/api/predict", data=blank, content_type="image/jpeg")

@@ -109,37 +109,44 @@ def weight_grid(members, step=0.05):
     return np.array([(*c, parts - sum(c)) for c in rows], np.float64).reshape(-1, members) / parts
 
 
+def score_weighting(member_probs, weights, labels, votes=None):
+    """Accuracy of the weighted mean of the members' probabilities.
+
+    Args:
+        member_probs: ``(M, N, C)`` each member's probabilities on the same N faces.
+        weights: ``(M,)`` weights summing to 1.
+        labels: ``(N,)`` int true classes (PublicTest's).
+        votes: optional ``(N, C)`` FER+ vote distributions (rows of 0: no vote).
+
+    Returns:
+        ``{"weights", "accuracy"}``, plus ``"ferplus"`` with ``votes``: the
+        agreement with the majority vote over the rows that have votes.
+    """
+    pred = np.tensordot(np.asarray(weights, np.float64), np.asarray(member_probs, np.float64), axes=1).argmax(1)
+    row = {"weights": [round(float(w), 4) for w in weights], "accuracy": float((pred == np.asarray(labels)).mean())}
+    if votes is not None:
+        has = votes.sum(1) > 0
+        row["ferplus"] = float((pred[has] == votes[has].argmax(1)).mean())
+    return row
+
+
 def search_weights(member_probs, labels, step=0.05, votes=None):
     """Choose the weighting of the members' probabilities most accurate on ``labels``.
 
     Args:
-        member_probs: ``(M, N, C)`` each member's probabilities on the same N faces.
-        labels: ``(N,)`` int true classes (PublicTest's).
+        member_probs, labels, votes: as ``score_weighting``.
         step: grid step of ``weight_grid``.
-        votes: optional ``(N, C)`` FER+ vote distributions (rows of 0: no vote);
-            adds ``ferplus``, the agreement with the majority vote over the
-            rows with votes, to each row of the table.
 
     Returns:
-        ``(best, table)``: ``best`` the ``(M,)`` weights; ``table`` a list of
-        dicts ``weights``, ``accuracy`` (and ``ferplus``), best first.  Ties
-        go to the weighting nearest the plain mean.
+        ``(best, table)``: ``best`` the ``(M,)`` weights; ``table`` the
+        ``score_weighting`` rows of every grid point, best first.  Ties go
+        to the weighting nearest the plain mean.
     """
-    member_probs = np.asarray(member_probs, np.float64)
-    labels = np.asarray(labels)
-    table = []
-    for weights in weight_grid(len(member_probs), step):
-        pred = np.tensordot(weights, member_probs, axes=1).argmax(1)
-        row = {"weights": [round(float(w), 4) for w in weights], "accuracy": float((pred == labels).mean()),
-               "_spread": float(np.abs(weights - 1 / len(weights)).sum())}
-        if votes is not None:
-            has = votes.sum(1) > 0
-            row["ferplus"] = float((pred[has] == votes[has].argmax(1)).mean())
-        table.append(row)
-    table.sort(key=lambda r: (-r["accuracy"], r["_spread"]))
-    for row in table:
-        del row["_spread"]
-    return np.array(table[0]["weights"]), table
+    grid = weight_grid(len(member_probs), step)
+    spread = np.abs(grid - 1 / grid.shape[1]).sum(1)
+    rows = [score_weighting(member_probs, w, labels, votes) for w in grid]
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["accuracy"], spread[i]))
+    return grid[order[0]], [rows[i] for i in order]
 
 
 def member_probabilities(members, faces):
@@ -204,6 +211,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.member_weights is not None and len(args.exports) < 2:
         p.error("--member-weights needs two or more exports")
+    if args.ferplus and args.member_weights != "search":
+        p.error("--ferplus goes with --member-weights search")
     if isinstance(args.member_weights, list) and len(args.member_weights) != len(args.exports):
         p.error(f"--member-weights has {len(args.member_weights)} weights for {len(args.exports)} exports")
     from model_files import save_model
@@ -231,7 +240,7 @@ def main(argv=None):
         for row in table[:10]:
             extra = f"  FER+ majority {row['ferplus']:.2%}" if "ferplus" in row else ""
             print(f"  {','.join(f'{w:g}' for w in row['weights'])}: {row['accuracy']:.2%}{extra}")
-        plain = search_weights(probs, public_labels, step=1 / len(members), votes=votes)[1][0]
+        plain = score_weighting(probs, np.full(len(members), 1 / len(members)), public_labels, votes)
         print(f"  plain mean: {plain['accuracy']:.2%}"
               + (f"  FER+ majority {plain['ferplus']:.2%}" if "ferplus" in plain else ""))
         weights = list(weights)
