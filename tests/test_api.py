@@ -77,38 +77,28 @@ def test_predict_raw_body(client, faces):
     check_boxes(r.get_json(), 1)
 
 
-def test_tight_crop_is_found_through_the_padded_search(clip, tiny_model_files, make_app, faces):
-    # the Angry fixture enlarged to fill the frame: Haar finds it only with Config.image_pad
-    crop = cv2.imencode(".png", cv2.resize(faces["Angry"], (144, 144), interpolation=cv2.INTER_CUBIC))[1].tobytes()
+@pytest.mark.parametrize("setting, off, side", [
+    ("image_pad", 0.0, 144),        # the Angry fixture enlarged to fill the frame: found only with the padded search
+    ("image_min_side_px", 0, 48),   # the Angry fixture at its own 48x48: found only when the search enlarges it
+])
+def test_a_tight_crop_is_found_only_with_the_upload_search_setting(clip, tiny_model_files, make_app, faces,
+                                                                    setting, off, side):
+    face = faces["Angry"] if side == 48 else cv2.resize(faces["Angry"], (side, side), interpolation=cv2.INTER_CUBIC)
+    crop = cv2.imencode(".png", face)[1].tobytes()
     model_path, weights_path = tiny_model_files
+    on = getattr(Config(), setting)
     found = {}
-    for pad in (0.0, Config().image_pad):
-        app = make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path, image_pad=pad))
-        r = app.test_client().post("/api/predict", data=crop, content_type="image/png")
-        assert r.status_code == 200
-        found[pad] = r.get_json()["faces"]
-    assert found[0.0] == [] and Config().image_pad > 0
-    check_faces({"faces": found[Config().image_pad]}, 1)
-    x, y, w, h = found[Config().image_pad][0]["box"]
-    assert 0 <= x and 0 <= y and x + w <= 144 and y + h <= 144 and w > 72
-
-
-
-def test_a_48_pixel_crop_is_found_through_the_enlarged_search(clip, tiny_model_files, make_app, faces):
-    # the Angry fixture uploaded at its own 48x48: Haar finds it only when the search enlarges it
-    crop = cv2.imencode(".png", faces["Angry"])[1].tobytes()
-    model_path, weights_path = tiny_model_files
-    found = {}
-    for side in (0, Config().image_min_side_px):
+    for value in (off, on):
         app = make_app(Config(source=str(clip), model_path=model_path, weights_path=weights_path,
-                              image_min_side_px=side))
+                              **{setting: value}))
         r = app.test_client().post("/api/predict", data=crop, content_type="image/png")
         assert r.status_code == 200
-        found[side] = r.get_json()["faces"]
-    assert found[0] == [] and Config().image_min_side_px > 48
-    check_faces({"faces": found[Config().image_min_side_px]}, 1)
-    x, y, w, h = found[Config().image_min_side_px][0]["box"]
-    assert 0 <= x and 0 <= y and x + w <= 48 and y + h <= 48 and w > 24  # in the upload's own pixels
+        found[value] = r.get_json()["faces"]
+    assert found[off] == [] and on != off
+    check_faces({"faces": found[on]}, 1)
+    x, y, w, h = found[on][0]["box"]
+    assert 0 <= x and 0 <= y and x + w <= side and y + h <= side and w > side / 2  # in the upload's own pixels
+
 
 def test_no_face_is_an_empty_list(client):
     blank = cv2.imencode(".jpg", np.full((100, 100, 3), 200, np.uint8))[1].tobytes()

@@ -176,7 +176,8 @@ def test_logit_adjustment_by_hand():
         class_priors(np.array([0, 0]), 2)
 
 
-def test_padding_keeps_the_downscale_of_the_unpadded_image():
+def spy_detector(detect_width):
+    """A ``FaceDetector`` that keeps ``(shape, scale)`` of its last ``detect`` call as ``seen``."""
     from pipeline import FaceDetector
 
     class Spy(FaceDetector):
@@ -184,7 +185,11 @@ def test_padding_keeps_the_downscale_of_the_unpadded_image():
             self.seen = (gray.shape, scale)
             return super().detect(gray, min_px, max_px, scale, min_neighbors)
 
-    spy = Spy(detect_width=400)
+    return Spy(detect_width=detect_width)
+
+
+def test_padding_keeps_the_downscale_of_the_unpadded_image():
+    spy = spy_detector(400)
     spy.detect_padded(np.zeros((300, 400), np.uint8), 0.25)
     assert spy.seen == ((500, 600), 1.0)  # 100-pixel border, searched at full resolution
     spy.detect_padded(np.zeros((300, 800), np.uint8), 0.25)
@@ -208,14 +213,7 @@ def test_a_small_crop_is_found_when_enlarged_for_the_search(faces, classifier):
 
 
 def test_enlarging_for_the_search_scales_the_image_then_pads_it():
-    from pipeline import FaceDetector
-
-    class Spy(FaceDetector):
-        def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
-            self.seen = (gray.shape, scale)
-            return super().detect(gray, min_px, max_px, scale, min_neighbors)
-
-    spy = Spy(detect_width=1280)
+    spy = spy_detector(1280)
     spy.detect_padded(np.zeros((50, 100), np.uint8), 0.25, min_side_px=100)
     assert spy.seen == ((200, 300), 1.0)  # 100x200 after doubling, then a 50-pixel border
     spy.detect_padded(np.zeros((150, 100), np.uint8), 0.0, min_side_px=100)
