@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 
+from atomic import temporary_path
 from sources import SourceError, check_video_file
 
 #: The CSV columns: seconds and pixels, then one probability column per class.
@@ -59,11 +60,6 @@ def ensure_writable_folder(folder):
     probe.unlink()
 
 
-def _temporary(path):
-    path = Path(path)
-    return path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
-
-
 def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, require_all_frames=False):
     """Process every frame of ``source``; write the annotated video and/or the CSV.
 
@@ -103,14 +99,14 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
     writer = table = csv_file = None
     try:
         if output:
-            temporaries.append((_temporary(output), Path(output)))
+            temporaries.append((temporary_path(output), Path(output)))
             fourcc = FOURCC_BY_SUFFIX.get(Path(output).suffix.lower(), "mp4v")
             writer = cv2.VideoWriter(str(temporaries[-1][0]), cv2.VideoWriter_fourcc(*fourcc), fps,
                                      (width, height))
             if not writer.isOpened():
                 raise OSError(f"OpenCV cannot write a video to {output}")
         if csv_path:
-            temporaries.append((_temporary(csv_path), Path(csv_path)))
+            temporaries.append((temporary_path(csv_path), Path(csv_path)))
             csv_file = open(temporaries[-1][0], "w", newline="", encoding="utf-8")
             table = csv.writer(csv_file)
             table.writerow(csv_header(labels))

@@ -37,6 +37,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from atomic import write_atomic
 from config import ROOT, Config, source_specs
 
 #: File name extensions (lower case) taken as videos; other files are counted and ignored.
@@ -198,17 +199,6 @@ def finished_row(job, retry_errors=False):
     return row
 
 
-def _write_json_atomic(path, data):
-    from analyse import _temporary
-
-    tmp = _temporary(path)
-    try:
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def process_video(job, pipeline, labels):
     """Analyse one video into its outputs and record it; never raises for a bad video.
 
@@ -258,8 +248,8 @@ def _empty_row(job, labels, error=""):
 
 def _write_record(job, row):
     Path(job.record).parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(job.record, {"size": job.size, "mtime_ns": job.mtime_ns,
-                                    "annotated": bool(job.annotated), "row": row})
+    record = {"size": job.size, "mtime_ns": job.mtime_ns, "annotated": bool(job.annotated), "row": row}
+    write_atomic(job.record, lambda tmp: tmp.write_text(json.dumps(record), encoding="utf-8"))
 
 
 def _remove_job_partials(job):
@@ -491,17 +481,13 @@ def _check_writable(folder, what):
 
 def write_summary(path, rows, labels):
     """Write ``rows`` (dicts) to the summary CSV at ``path``, sorted by video, atomically."""
-    from analyse import _temporary
-
-    tmp = _temporary(path)
-    try:
+    def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             table = csv.DictWriter(f, summary_columns(labels), extrasaction="ignore")
             table.writeheader()
             table.writerows(sorted(rows, key=lambda row: row["video"]))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_atomic(path, write)
 
 
 def run_batch(source, csv_dir, output_dir=None, workers=None, ray_address=None, force=False,

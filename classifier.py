@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atomic import write_atomic
 from config import BACKENDS
 from model_files import ModelInfo, _first_line, load_model
 
@@ -217,7 +218,6 @@ def _model_digest(model, quantize):
 
 def _convert(model, quantize):
     """The TensorFlow Lite flatbuffer of ``model`` (float32, or int8 weights with ``quantize``)."""
-    import contextlib
     import io
 
     import tensorflow as tf
@@ -257,13 +257,9 @@ def _tflite_interpreter(model, threads, quantize=False):
             except (ValueError, RuntimeError):  # a damaged cache file: convert again
                 log.warning("ignoring the unreadable cached model %s", path)
         flatbuffer = _convert(model, quantize)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(flatbuffer)
-            os.replace(tmp, path)
+            write_atomic(path, lambda tmp: tmp.write_bytes(flatbuffer))
         except OSError as e:
             log.debug("cannot cache the converted model in %s: %s", path.parent, e)
-        finally:
-            tmp.unlink(missing_ok=True)
         return tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)

@@ -11,12 +11,13 @@ also reads the Keras 2 formats models found elsewhere come in (see there).
 """
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -468,8 +469,8 @@ def save_model(model, model_path, weights_path, labels=FER2013_LABELS, *, input_
         config[INPUT_RANGE_KEY] = list(parse_input_range(input_range))
     if temperature is not None:
         config[TEMPERATURE_KEY] = _check_temperature(temperature)
-    _write_atomic(model_path, lambda tmp: Path(tmp).write_text(json.dumps(config), encoding="utf-8"))
-    _write_atomic(weights_path, lambda tmp: save_classic_weights(model, tmp))
+    write_atomic(model_path, lambda tmp: Path(tmp).write_text(json.dumps(config), encoding="utf-8"))
+    write_atomic(weights_path, lambda tmp: save_classic_weights(model, tmp))
 
 
 def write_model_metadata(model_path, **items):
@@ -489,7 +490,7 @@ def write_model_metadata(model_path, **items):
     if TEMPERATURE_KEY in items:
         items[TEMPERATURE_KEY] = _check_temperature(items[TEMPERATURE_KEY])
     config.update(items)
-    _write_atomic(model_path, lambda tmp: Path(tmp).write_text(json.dumps(config), encoding="utf-8"))
+    write_atomic(model_path, lambda tmp: Path(tmp).write_text(json.dumps(config), encoding="utf-8"))
 
 
 def _check_temperature(value):
@@ -526,16 +527,6 @@ def save_classic_weights(model, path):
                 group.create_dataset(name.decode("utf8"),
                                      data=np.asarray(keras.ops.convert_to_numpy(weight), np.float32),
                                      shuffle=True, compression="gzip")
-
-
-def _write_atomic(path, write):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _first_line(exc):
