@@ -13,8 +13,7 @@ import time
 
 import numpy as np
 
-from config import join_input_range_argv
-from config import Config
+from config import Config, join_input_range_argv
 
 
 def time_predict(classifier, batch, seconds):

@@ -21,8 +21,7 @@ import sys
 import numpy as np
 
 from classifier import apply_temperature
-from config import join_input_range_argv
-from config import BACKENDS, Config
+from config import BACKENDS, Config, join_input_range_argv
 from train.data import SPLITS, DataError, load_fer2013_csv
 
 #: Confidence bins of the expected calibration error (Guo et al. 2017 use 15).

@@ -16,8 +16,7 @@ import sys
 
 import numpy as np
 
-from config import join_input_range_argv
-from config import BACKENDS, Config
+from config import BACKENDS, Config, join_input_range_argv
 from train.data import SPLITS, DataError, load_fer2013_csv
 
 

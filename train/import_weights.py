@@ -219,13 +219,13 @@ def main(argv=None):
     from train.data import DataError, load_fer2013_csv, load_ferplus_votes
     try:
         public_faces, public_labels = load_fer2013_csv(args.data)["PublicTest"]
+        public_faces = public_faces[..., None].astype(np.float32) / 255
         votes = load_ferplus_votes(args.ferplus, "PublicTest", len(public_labels)) if args.ferplus else None
-        faces = public_faces[:256, :, :, None].astype(np.float32) / 255
         members = []
         for path, border in args.exports:
             meta, weights, check = read_export(path)
             # PyTorch's check logits are for the whole face, whatever the member's border.
-            gap = check_keras(build_keras(meta, weights), check, faces, path)
+            gap = check_keras(build_keras(meta, weights), check, public_faces[:256], path)
             print(f"{path}: width {meta['width']}, {meta.get('epochs')} epochs, border {border}, "
                   f"largest probability difference from PyTorch {gap:.1e}")
             members.append((meta, weights, border))
@@ -234,7 +234,7 @@ def main(argv=None):
         return 2
     weights = args.member_weights
     if weights == "search":
-        probs = member_probabilities(members, public_faces[..., None].astype(np.float32) / 255)
+        probs = member_probabilities(members, public_faces)
         weights, table = search_weights(probs, public_labels, votes=votes)
         print(f"PublicTest accuracy by member weights ({len(table)} tried; best first)")
         for row in table[:10]:
