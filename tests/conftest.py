@@ -40,10 +40,13 @@ def faces():
 
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):
-    """``(model.json, model_weights.h5)`` of an untrained width-4 network."""
+    """``(model.json, model_weights.h5)`` of an untrained width-4 network, the same one on every run (seed 0)."""
+    import keras
+
     from model_files import save_model
     from train.model import build_model
 
+    keras.utils.set_random_seed(0)  # the tests that read its outputs (Grad-CAM maps, ...) see the same weights each run
     folder = tmp_path_factory.mktemp("tiny")
     model_path, weights_path = folder / "model.json", folder / "model_weights.h5"
     save_model(build_model(7, width=4), model_path, weights_path)
