@@ -95,7 +95,7 @@ class Config:
         health_max_frame_age_s: ``/healthz`` answers 503 when the source is
             meant to stream but no frame came for this many seconds.
         image_pad: for uploaded images only (``/api/predict``), a border of
-            replicated edge pixels this fraction of the image's longer side
+            replicated edge pixels this fraction of the image's shorter side
             wide is added on every side before the face search, so a face
             that touches the border or fills the frame (a cropped face) is
             found; boxes are mapped back and clipped to the image.  0 turns
@@ -110,9 +110,10 @@ class Config:
             unpadded 350x350 photo at 0.3).
         image_min_side_px: for uploaded images only: an image whose shorter
             side is below this many pixels is enlarged (bicubic) to it for
-            the face search; the classifier still gets its crop from the
-            image itself.  0 turns it off.  Chosen on PublicTest's 3,589
-            faces uploaded as they are, 48x48 (``python -m
+            the face search, its longer side to at most 4 times this
+            (``FaceDetector.detect_padded``); the classifier still gets its
+            crop from the image itself.  0 turns it off.  Chosen on
+            PublicTest's 3,589 faces uploaded as they are, 48x48 (``python -m
             train.detector_accuracy --pads 0.3 --side 48 --image-min-side
             N``): 0 finds 66.0% (accuracy 48.5%, a miss counting as wrong),
             96 finds 75.0% (54.3%), 144 75.8% (54.6%), 192 75.6% (54.5%);

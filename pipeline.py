@@ -61,6 +61,7 @@ class FaceDetector:
     """
 
     WINDOW_PX = 24  # the cascade's training window
+    ENLARGE_MAX_RATIO = 4  # detect_padded: an enlarged image's longer side is at most 4 x min_side_px
 
     def __init__(self, scale_factor=1.1, min_neighbors=5, min_face_px=40, detect_width=None):
         self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
@@ -117,11 +118,14 @@ class FaceDetector:
 
         Args:
             gray: ``(H, W)`` uint8 grayscale image.
-            pad: border width on every side as a fraction of ``max(H, W)``;
-                0 is a plain ``detect``.
+            pad: border width on every side as a fraction of ``min(H, W)``
+                (no face is taller or wider than the shorter side); 0 is a
+                plain ``detect``.
             min_side_px: an image whose shorter side is below this many
                 pixels is enlarged (bicubic) so that side reaches it before
-                the search; 0 never enlarges.
+                the search, but never so far that its longer side passes
+                ``ENLARGE_MAX_RATIO * min_side_px`` (a 1x4000 strip stays
+                as it is); 0 never enlarges.
 
         Returns:
             ``(N, 4)`` int32 ``(x, y, w, h)`` boxes in pixels of ``gray``,
@@ -129,8 +133,8 @@ class FaceDetector:
             ``clip_boxes``).  Boxes whose centre lies outside ``gray``
             (found in the border alone) are dropped.  The search is
             downscaled as ``detect`` would downscale ``gray`` itself, so the
-            smallest face found is unchanged; it costs about ``(1 + 2 pad)^2``
-            times the pixels.
+            smallest face found is unchanged; it costs at most ``(1 + 2 pad)^2``
+            times the pixels of the (enlarged) image, whatever its shape.
 
         Raises:
             ValueError: ``pad`` or ``min_side_px`` is negative.
@@ -138,10 +142,11 @@ class FaceDetector:
         if pad < 0 or min_side_px < 0:
             raise ValueError(f"pad and min_side_px must be >= 0, got {pad} and {min_side_px}")
         height, width = gray.shape[:2]
-        enlarge = max(1.0, min_side_px / min(height, width))
+        enlarge = max(1.0, min(min_side_px / min(height, width),
+                               self.ENLARGE_MAX_RATIO * min_side_px / max(height, width)))
         if enlarge > 1.0:
             gray = cv2.resize(gray, (round(width * enlarge), round(height * enlarge)), interpolation=cv2.INTER_CUBIC)
-        border = int(round(pad * max(gray.shape[:2])))
+        border = int(round(pad * min(gray.shape[:2])))
         # downscale as for the unpadded image: the border must not raise the smallest face found
         scale = min(1.0, self.detect_width / gray.shape[1]) if self.detect_width else 1.0
         padded = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_REPLICATE) if border else gray
@@ -283,7 +288,7 @@ class FramePipeline:
             frame's raw probabilities.
         image_pad: ``analyse_image`` only (never video frames): border added
             around the image before the face search, as a fraction of its
-            longer side (see ``FaceDetector.detect_padded``); 0 turns it off.
+            shorter side (see ``FaceDetector.detect_padded``); 0 turns it off.
         image_min_side_px: ``analyse_image`` only: an image whose shorter
             side is below this many pixels is enlarged to it for the face
             search (the crops still come from the image itself); 0 never.

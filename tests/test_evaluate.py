@@ -191,9 +191,9 @@ def spy_detector(detect_width):
 def test_padding_keeps_the_downscale_of_the_unpadded_image():
     spy = spy_detector(400)
     spy.detect_padded(np.zeros((300, 400), np.uint8), 0.25)
-    assert spy.seen == ((500, 600), 1.0)  # 100-pixel border, searched at full resolution
+    assert spy.seen == ((450, 550), 1.0)  # a 75-pixel border (0.25 of the shorter side), full resolution
     spy.detect_padded(np.zeros((300, 800), np.uint8), 0.25)
-    assert spy.seen == ((700, 1200), 0.5)  # as the 800-wide image alone would be: 400 / 800
+    assert spy.seen == ((450, 950), 0.5)  # as the 800-wide image alone would be: 400 / 800
 
 
 def test_a_small_crop_is_found_when_enlarged_for_the_search(faces, classifier):
@@ -215,8 +215,18 @@ def test_a_small_crop_is_found_when_enlarged_for_the_search(faces, classifier):
 def test_enlarging_for_the_search_scales_the_image_then_pads_it():
     spy = spy_detector(1280)
     spy.detect_padded(np.zeros((50, 100), np.uint8), 0.25, min_side_px=100)
-    assert spy.seen == ((200, 300), 1.0)  # 100x200 after doubling, then a 50-pixel border
+    assert spy.seen == ((150, 250), 1.0)  # 100x200 after doubling, then a 25-pixel border
     spy.detect_padded(np.zeros((150, 100), np.uint8), 0.0, min_side_px=100)
     assert spy.seen == ((150, 100), 1.0)  # already large enough: untouched
     with pytest.raises(ValueError, match="min_side_px"):
         spy.detect_padded(np.zeros((10, 10), np.uint8), 0.0, min_side_px=-1)
+
+
+def test_a_long_strip_is_enlarged_and_padded_within_bounds():
+    spy = spy_detector(1280)
+    spy.detect_padded(np.zeros((40, 200), np.uint8), 0.0, min_side_px=144)
+    assert spy.seen == ((115, 576), 1.0)  # x2.88, not x3.6: the longer side stops at 4 x 144 = 576
+    spy.detect_padded(np.zeros((10, 1000), np.uint8), 0.3, min_side_px=144)
+    assert spy.seen == ((16, 1006), 1.0)  # already longer than 576: not enlarged; border 0.3 x 10 = 3
+    spy.detect_padded(np.zeros((3482, 1), np.uint8), 0.3, min_side_px=144)
+    assert spy.seen == ((3482, 1), 1.0)  # was 300,989 x 802,253 pixels enlarged then padded: 241 GB
