@@ -69,8 +69,9 @@ def test_bench_clients_serves_the_clip_through_main_py(clip, tiny_model_files, c
     assert result["source"] == str(clip) and result["startup_s"] > 0
     assert [run["clients"] for run in result["runs"]] == [1, 2]
     for run in result["runs"]:
-        # the clip plays at 10 fps: each client gets frames, and none more than the source gives
-        assert 0 < run["fps_per_client_min"] <= run["fps_per_client_mean"] <= 12
+        # the clip plays at 10 fps: each client gets frames, and none more than the source gives in the
+        # second (10, or 11 by phase), the latest frame sent on connecting and one part begun at the deadline
+        assert 0 < run["fps_per_client_min"] <= run["fps_per_client_mean"] <= 13
         assert run["server_cpu_percent"] > 0
     assert "first frame" in out and "2 client(s)" in out
 

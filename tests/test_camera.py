@@ -52,16 +52,29 @@ def test_simultaneous_readers_share_one_capture(make_camera, clip, pass_through,
     assert camera.clients == 0
 
 
-def test_every_waiting_reader_wakes_for_every_frame(make_camera, clip, pass_through):
-    # the clients are woken one after another (camera._Wakeup); none may miss a frame
-    camera = make_camera(str(clip), pass_through)  # paced at the clip's 10 fps
+class SlowPassThrough:
+    """Finds no face and takes ``seconds`` per frame: frames come no faster than that."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def process(self, frame):
+        time.sleep(self.seconds)
+        return frame, []
+
+
+def test_every_waiting_reader_wakes_for_every_frame(make_camera, clip):
+    # the clients are woken one after another (camera._Wakeup); none may miss a frame.  A frame every
+    # 0.3 s leaves each of the 20 threads that long to come back and wait, even on a loaded CI machine.
+    camera = make_camera(str(clip), SlowPassThrough(0.3))
     results = [None] * 20
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, take(camera, 6)))
                for i in range(20)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
+        t.join(20)
+        assert not t.is_alive()
     for frames in results:
         seqs = [f.seq for f in frames]
         assert seqs[1:] == list(range(seqs[1], seqs[1] + 5))  # after the first, no gaps

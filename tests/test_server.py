@@ -121,7 +121,7 @@ def test_other_requests_go_to_flask(serve, clip, tiny_model_files):
 
 
 def test_stream_ends_with_the_video(serve, make_camera, pass_through, clip):
-    camera = make_camera(str(clip), pass_through, loop=False, pace=False)
+    camera = make_camera(str(clip), pass_through, loop=False)  # paced: 3.5 s, so the viewer sees several frames
     port, _ = serve(Config(), camera)
     received = read_until(request(port, "/video_feed"), b"\r\n0\r\n\r\n")  # the last chunk
     assert received.endswith(b"\r\n0\r\n\r\n")
