@@ -229,4 +229,4 @@ def test_a_long_strip_is_enlarged_and_padded_within_bounds():
     spy.detect_padded(np.zeros((10, 1000), np.uint8), 0.3, min_side_px=144)
     assert spy.seen == ((16, 1006), 1.0)  # already longer than 576: not enlarged; border 0.3 x 10 = 3
     spy.detect_padded(np.zeros((3482, 1), np.uint8), 0.3, min_side_px=144)
-    assert spy.seen == ((3482, 1), 1.0)  # was 300,989 x 802,253 pixels enlarged then padded: 241 GB
+    assert spy.seen == ((3482, 1), 1.0)  # was 802,252 x 300,988 pixels, enlarged then padded: 241 GB
