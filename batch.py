@@ -286,7 +286,6 @@ def build_worker_pipeline(config, threads=1):
     except RuntimeError:  # TensorFlow already initialised in this process
         pass
     from builders import build_classifier, build_pipeline
-    from classifier import quiet_tensorflow
 
     with quiet_tensorflow():
         classifier = build_classifier(config, threads)

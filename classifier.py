@@ -82,7 +82,6 @@ def apply_temperature(probs, temperature):
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-
 class Classifier:
     """Batched inference through a compiled path.
 

@@ -258,14 +258,13 @@ def main(argv=None):
     if args.image_min_side < 0:
         p.error(f"--image-min-side must be >= 0, got {args.image_min_side}")
 
-    from builders import build_pipeline
-    from classifier import Classifier
+    from builders import build_classifier, build_pipeline
     from model_files import ModelLoadError
 
     config = replace(defaults, model_path=Path(args.model), weights_path=Path(args.weights), backend=args.backend,
                      image_pad=args.image_pad, image_min_side_px=args.image_min_side, crop_margin=args.crop_margin)
     try:
-        classifier = Classifier.from_files(config.model_path, config.weights_path, backend=config.backend)
+        classifier = build_classifier(config)
         labels = classifier.labels
         items = (load_folder(args.data, labels) if args.data
                  else load_manifest(args.manifest, labels, args.root))
