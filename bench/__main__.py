@@ -3,8 +3,8 @@
     python -m bench --source video.mp4 [--seconds 10] [--baseline] [--json]
     python -m bench --source video.mp4 --clients 50 [--seconds 10] [--json]
 
-The fast path is the server's own code: a ``camera.Camera`` without frame-rate
-pacing, running the configured ``pipeline.FramePipeline`` (decode, detect or
+The fast path is the server's own code: a ``capture.camera.Camera`` without frame-rate
+pacing, running the configured ``vision.pipeline.FramePipeline`` (decode, detect or
 track, classify, draw, JPEG-encode) on the video, looped until ``--seconds``
 have passed and at least once through.  ``--baseline`` also runs the naive
 pipeline (full-resolution Haar on every frame with scaleFactor 1.1 and
@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from config import add_config_arguments, config_from_args
+from fer_server.config import add_config_arguments, config_from_args
 
 STAGES = ("decode", "detect", "classify", "draw", "encode")
 
@@ -67,8 +67,8 @@ def summarise(name, records, pass_frames, wall_s, cpu_s):
 
 def run_fast(source, config, seconds, pass_frames):
     """The server's own Camera + FramePipeline, unpaced."""
-    from builders import build_pipeline
-    from camera import Camera
+    from fer_server.builders import build_pipeline
+    from fer_server.capture.camera import Camera
 
     pipeline = build_pipeline(config)
     records = []
@@ -89,8 +89,9 @@ def run_fast(source, config, seconds, pass_frames):
 
 def run_baseline(source, config, seconds):
     """The naive pipeline: full-resolution Haar every frame, model.predict per face."""
-    from model_files import load_model
-    from pipeline import CASCADE_FILE, Face, crop_faces, draw_faces
+    from fer_server.model.files import load_model
+    from fer_server.vision.detector import CASCADE_FILE
+    from fer_server.vision.frames import Face, crop_faces, draw_faces
 
     model, info = load_model(config.model_path, config.weights_path, input_range=config.input_range,
                              class_names=config.class_names)

@@ -2,7 +2,7 @@
 
     python -m bench.batch --source DIR [--workers N] [--json]
 
-Runs ``batch.run_batch`` three times with ``force`` into fresh temporary
+Runs ``offline.batch.run_batch`` three times with ``force`` into fresh temporary
 output folders: in this process with today's thread settings (``serial``),
 with ``N`` worker processes (``pool``, default: the number of cores) and on a
 local Ray instance with ``N`` CPUs (``ray``), then reruns the pool over its
@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from config import add_config_arguments, config_from_args
+from fer_server.config import add_config_arguments, config_from_args
 
 
 def descendants_rss_mb():
@@ -94,7 +94,7 @@ def cpu_seconds():
 
 def timed_run(source, out, config, **kwargs):
     """``run_batch`` with ``force``: ``(wall seconds, frames of ok videos, peak MB, CPU seconds)``."""
-    from batch import run_batch
+    from fer_server.offline.batch import run_batch
 
     printed = io.StringIO()
     with PeakMemory() as memory:
@@ -126,7 +126,8 @@ def main(argv=None):
                            f"{name}_frames_per_cpu_s": round(frames / cpu, 1)})
             result["frames"] = frames
         started = time.perf_counter()
-        from batch import run_batch, start_ray
+        from fer_server.offline.batch import run_batch
+        from fer_server.offline.engines import start_ray
 
         with PeakMemory() as idle:
             start_ray("", num_cpus=args.workers)

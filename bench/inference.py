@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from config import Config, join_input_range_argv
+from fer_server.config import Config, join_input_range_argv
 
 
 def time_predict(classifier, batch, seconds):
@@ -30,8 +30,8 @@ def time_predict(classifier, batch, seconds):
 
 
 def main(argv=None):
-    from classifier import Classifier
-    from model_files import load_model
+    from fer_server.model.classifier import Classifier
+    from fer_server.model.files import load_model
 
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

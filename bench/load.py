@@ -4,7 +4,7 @@
     python -m bench.load --clients 20 --seconds 600 --churn 15       # soak: viewers come and go
     python -m bench.load --clients 5 --seconds 40 --fail-source-at 10  # the source drops for 5 s
 
-Starts ``main.py`` (uvicorn, ``server.py``) streaming ``--source`` (default: the demo
+Starts ``main.py`` (uvicorn, ``web.server.py``) streaming ``--source`` (default: the demo
 clip), then runs ``--clients`` MJPEG viewers and ``--rps`` ``POST
 /api/predict`` requests per second (a fixture photo) for ``--seconds``.
 Reports errors, frames delivered per viewer per second, API latency
@@ -16,7 +16,7 @@ restarts it.  A probe reads the restarted upstream itself; the recovery
 clock starts at the first real frame the upstream serves (an
 ``X-Frame-Kind: frame`` part) and stops, for each viewer, at its first
 real frame after that; placeholder and keep-alive parts
-(``mjpeg.PART_KINDS``) do not count.
+(``capture.mjpeg.PART_KINDS``) do not count.
 Every request goes to 127.0.0.1, and every loop stops at ``--seconds`` (with
 ``--fail-source-at``, at least 10 s after the source is back).
 """

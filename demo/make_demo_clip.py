@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model_files import FER2013_LABELS
-from pipeline import FaceDetector
+from fer_server.model.files import FER2013_LABELS
+from fer_server.vision.detector import FaceDetector
 from train.data import load_fer2013_csv
 
 

@@ -1,14 +1,15 @@
 """Assemble the classifier, the frame pipeline and the camera from a ``config.Config``.
 
-Shared by the server (``app.py``), offline analysis (``analyse.py`` through
+Shared by the server (``web.app.py``), offline analysis (``offline.video.py`` through
 ``main.py``) and the benchmarks; nothing here imports Flask.
 """
-from camera import Camera
-from cameras import Cameras, parse_source_specs
-from config import source_specs
-from sources import resolve_source
-from classifier import Classifier
-from pipeline import FaceDetector, FramePipeline
+from fer_server.capture.camera import Camera
+from fer_server.capture.camera_set import Cameras, parse_source_specs
+from fer_server.config import source_specs
+from fer_server.capture.sources import resolve_source
+from fer_server.model.classifier import Classifier
+from fer_server.vision.detector import FaceDetector
+from fer_server.vision.pipeline import FramePipeline
 
 
 def build_classifier(config, threads=2):
@@ -49,7 +50,7 @@ def build_camera(config, source=None, classifier=None):
     Args:
         config: a ``config.Config``.
         source: one source string (default: the first of ``config.source``, its name dropped).
-        classifier: a ``classifier.Classifier`` to share (default: load one).
+        classifier: a ``model.classifier.Classifier`` to share (default: load one).
 
     Raises:
         model_files.ModelLoadError: the model files cannot be loaded.
@@ -65,17 +66,17 @@ def build_camera(config, source=None, classifier=None):
 
 
 def build_cameras(config, first=None):
-    """One ``Camera`` per ``config.source`` value, sharing one classifier, as ``cameras.Cameras``.
+    """One ``Camera`` per ``config.source`` value, sharing one classifier, as ``capture.camera_set.Cameras``.
 
     Each camera has its own pipeline (tracker, cascade) and capture thread;
     the classifier serialises inference under its lock.  With
-    ``config.record`` each camera gets a ``recording.Recorder`` as a frame
+    ``config.record`` each camera gets a ``capture.recording.Recorder`` as a frame
     observer.
 
     Args:
         config: a ``config.Config``.
         first: an existing ``Camera`` to serve as the first source instead
-            of opening it (tests, ``app.create_app(config, camera)``).
+            of opening it (tests, ``web.app.create_app(config, camera)``).
 
     Raises:
         model_files.ModelLoadError, sources.SourceError, cameras.SourceNameError:
@@ -93,7 +94,7 @@ def build_cameras(config, first=None):
         classifier = classifier or cameras[name].pipeline.classifier
     recorders = {}
     if config.record is not None:
-        from recording import Recorder
+        from fer_server.capture.recording import Recorder
 
         for name, camera in cameras.items():
             labels = getattr(getattr(camera.pipeline, "classifier", None), "labels", None)

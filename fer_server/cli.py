@@ -22,8 +22,8 @@ import socket
 import sys
 import time
 
-from batch import add_batch_arguments, run_from_args
-from config import add_config_arguments, config_from_args
+from fer_server.offline.batch import add_batch_arguments, run_from_args
+from fer_server.config import add_config_arguments, config_from_args
 
 
 def parse_args(argv=None):
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--csv", help="analyse the --source video offline and write one row per face "
                                  "per frame to this CSV file")
     add_batch_arguments(p)
-    from config import join_input_range_argv  # "--input-range -1,1" is not an option
+    from fer_server.config import join_input_range_argv  # "--input-range -1,1" is not an option
 
     return p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
 
@@ -55,7 +55,7 @@ def limit_malloc_arenas(arenas=2):
 
     glibc gives threads their own arenas, up to 8 per core, and freed
     buffers scattered over them keep resident memory creeping up under many
-    threads (README "Benchmarks": the memory soak).  Does nothing off glibc.
+    threads (docs/benchmarks.md: the memory soak).  Does nothing off glibc.
     """
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
@@ -114,7 +114,7 @@ def server_url(config):
 def preflight(config, offline=False):
     """The cheap start-up checks, before TensorFlow loads (which takes seconds).
 
-    Checks each source's name (``cameras.parse_source_specs``), that each
+    Checks each source's name (``capture.camera_set.parse_source_specs``), that each
     file source exists, that the model files (and the TLS files, if any)
     exist and, for the server, that the ``--record`` folder can be written
     and ``host:port`` can be bound.
@@ -133,10 +133,10 @@ def preflight(config, offline=False):
             file is missing, or the record folder cannot be written, with a
             sentence saying so.
     """
-    from cameras import parse_source_specs
-    from model_files import ModelLoadError
-    from config import source_specs
-    from sources import SourceError, check_file_exists, is_url, parse_source
+    from fer_server.capture.camera_set import parse_source_specs
+    from fer_server.model.files import ModelLoadError
+    from fer_server.config import source_specs
+    from fer_server.capture.sources import SourceError, check_file_exists, is_url, parse_source
 
     pairs = parse_source_specs(source_specs(config))
     if offline and len(pairs) > 1:
@@ -162,7 +162,7 @@ def preflight(config, offline=False):
         if path is not None and not os.path.isfile(path):
             raise OSError(f"cannot read {path}: no such file")
     if config.record is not None:
-        from recording import check_record_folder
+        from fer_server.capture.recording import check_record_folder
 
         check_record_folder(config.record, [name for name, _ in pairs])
     return bind(config.host, config.port)
@@ -208,7 +208,7 @@ def main(argv=None):
         return 2
     limit_malloc_arenas()  # before TensorFlow and the server start their threads
     if offline:
-        return analyse(args, config)
+        return run_offline(args, config)
     try:
         return serve(config, listener, args.debug, started)
     finally:
@@ -217,11 +217,11 @@ def main(argv=None):
 
 def serve(config, listener, debug, started):
     """Load the model, open the source and serve on ``listener`` until Ctrl-C; returns the exit code."""
-    from app import create_app
-    from classifier import quiet_tensorflow
-    from model_files import ModelLoadError
-    from server import serve as run_server
-    from sources import SourceError
+    from fer_server.web.app import create_app
+    from fer_server.model.classifier import quiet_tensorflow
+    from fer_server.model.files import ModelLoadError
+    from fer_server.web.server import serve as run_server
+    from fer_server.capture.sources import SourceError
 
     try:
         with quiet_tensorflow():
@@ -241,15 +241,15 @@ def serve(config, listener, debug, started):
     return 0
 
 
-def analyse(args, config):
+def run_offline(args, config):
     """Offline mode: analyse --source into --output and/or --csv; returns the exit code."""
-    from analyse import analyse_video, summary_text
-    from cameras import parse_source_specs
-    from config import source_specs
-    from builders import build_pipeline
-    from classifier import quiet_tensorflow
-    from model_files import ModelLoadError
-    from sources import SourceError
+    from fer_server.offline.video import analyse_video, summary_text
+    from fer_server.capture.camera_set import parse_source_specs
+    from fer_server.config import source_specs
+    from fer_server.builders import build_pipeline
+    from fer_server.model.classifier import quiet_tensorflow
+    from fer_server.model.files import ModelLoadError
+    from fer_server.capture.sources import SourceError
 
     try:
         with quiet_tensorflow():

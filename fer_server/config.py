@@ -5,7 +5,7 @@ into a command-line flag (``jpeg_quality`` -> ``--jpeg-quality``, with the
 field's description from the docstring as help), whose default comes from
 the environment variable ``FER_SERVER_<FIELD>`` (``FER_SERVER_JPEG_QUALITY``)
 when it is set; ``config_from_args`` reads the parsed flags back into a
-``Config``.  ``main.py`` and the benchmarks share them.
+``Config``.  ``fer_server.cli`` (``main.py``) and the benchmarks share them.
 """
 import argparse
 import dataclasses
@@ -15,14 +15,21 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-#: The classifier's inference paths (``classifier.Classifier``).
+#: The ``fer_server`` package folder.
+PACKAGE = Path(__file__).resolve().parent
+#: Where the shipped files are (``model.json``, ``model_weights.h5``, ``templates/``,
+#: ``demo/demo.mp4``): the checkout's top level when running from it (``python main.py``,
+#: ``pip install -e .``), else ``fer_server/data`` inside an installed wheel, where
+#: ``setup.py`` copies them at build time.
+ROOT = (PACKAGE.parent if (PACKAGE.parent / "model.json").is_file() and (PACKAGE.parent / "templates").is_dir()
+        else PACKAGE / "data")
+#: The classifier's inference paths (``model.classifier.Classifier``).
 BACKENDS = ("tflite", "tflite-int8", "tf.function")
 
 
 @dataclass(frozen=True)
 class Config:
-    """Server configuration; ``main.py`` fills it from the command line.
+    """Server configuration; ``fer_server.cli`` fills it from the command line.
 
     Attributes:
         host: address the server listens on; on any address but loopback
@@ -49,7 +56,7 @@ class Config:
         model_path: the model: a Keras JSON architecture (``model.json``,
             Keras 3 or Keras 2 / tf.keras 2.x), or a whole saved model
             (``.h5``, ``.hdf5``, ``.keras``) whose own weights are used; see
-            ``model_files.load_model``.
+            ``model.files.load_model``.
         weights_path: the weights of a JSON architecture in the classic
             Keras HDF5 layout (``model_weights.h5``); ignored for a whole
             saved model.
@@ -123,12 +130,12 @@ class Config:
             cropping the face for the classifier.
         backend: the classifier's inference path: ``"tflite-int8"`` (int8
             weights, several times faster than float32 on CPUs with VNNI;
-            README "Benchmarks"), ``"tflite"`` (float32, the Keras model's
+            docs/benchmarks.md), ``"tflite"`` (float32, the Keras model's
             outputs to within 1e-6) or ``"tf.function"``; see
-            ``classifier.Classifier``.
+            ``model.classifier.Classifier``.
         record: a folder to record every source's faces to, as CSV files
             ``<record>/<source name>/<UTC date and hour>.csv`` (one per hour,
-            flushed every second; ``recording.Recorder``); unset: no recording.
+            flushed every second; ``capture.recording.Recorder``); unset: no recording.
     """
 
     host: str = "127.0.0.1"
@@ -209,7 +216,8 @@ def field_help():
     """``{field name: description}`` from ``Config``'s docstring (its Attributes section).
 
     An entry ``a, b: text`` describes both fields; continuation lines are
-    joined.  ``%`` is escaped for argparse.
+    joined, and only the first sentence is kept (``first_sentence``).
+    ``%`` is escaped for argparse.
     """
     doc = Config.__doc__.split("Attributes:", 1)[1]
     helps, names = {}, []
@@ -222,7 +230,16 @@ def field_help():
         elif line.strip() and names:
             for name in names:
                 helps[name] += " " + line.strip()
-    return {name: text.replace("``", "").replace("%", "%%") for name, text in helps.items()}
+    return {name: first_sentence(text).replace("``", "").replace("%", "%%") for name, text in helps.items()}
+
+
+def first_sentence(text):
+    """``text`` up to its first full stop followed by a capital letter: what ``--help`` shows.
+
+    The rest of a field's description (how it was chosen, measured figures)
+    stays in the docstring and the docs, not in the command-line help.
+    """
+    return re.split(r"(?<=[a-z0-9)`'\"]\.)\s+(?=[A-Z])", text.strip(), maxsplit=1)[0]
 
 
 def _parse_bool(text):

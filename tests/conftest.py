@@ -43,7 +43,7 @@ def tiny_model_files(tmp_path_factory):
     """``(model.json, model_weights.h5)`` of an untrained width-4 network, the same one on every run (seed 0)."""
     import keras
 
-    from model_files import save_model
+    from fer_server.model.files import save_model
     from train.model import build_model
 
     keras.utils.set_random_seed(0)  # the tests that read its outputs (Grad-CAM maps, ...) see the same weights each run
@@ -55,7 +55,7 @@ def tiny_model_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def classifier(tiny_model_files):
-    from classifier import Classifier
+    from fer_server.model.classifier import Classifier
 
     return Classifier.from_files(*tiny_model_files)
 
@@ -81,7 +81,7 @@ class CountingCapture:
 @pytest.fixture
 def make_camera():
     """``camera.Camera`` factory whose cameras are closed (threads joined) after the test."""
-    from camera import Camera
+    from fer_server.capture.camera import Camera
 
     cameras = []
 
@@ -97,7 +97,7 @@ def make_camera():
 @pytest.fixture
 def make_app():
     """``app.create_app`` whose camera is closed after the test."""
-    from app import create_app
+    from fer_server.web.app import create_app
 
     apps = []
 
@@ -124,7 +124,7 @@ def counting_capture():
 def serve(make_app):
     """``serve(config, camera, **uvicorn_options)`` -> (port, the ASGI app): ``server.create_asgi_app``
     served by uvicorn on a free 127.0.0.1 port, in a thread, as ``python main.py`` serves it."""
-    from server import create_asgi_app, make_server
+    from fer_server.web.server import create_asgi_app, make_server
 
     servers = []
 

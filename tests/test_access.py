@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_faults import FakeLive
 from test_server import read_until, request, wait_for
 
-import main
-from config import Config
+from fer_server import cli
+from fer_server.config import Config
 
 TOKEN = "s3cret-token_for.tests"
 ROUTES = [("GET", "/"), ("GET", "/video_feed"), ("GET", "/api/events"), ("GET", "/api/faces"),
@@ -157,15 +157,15 @@ def test_placeholder_and_keepalive_parts_are_marked(serve, make_camera, pass_thr
 
 
 def test_the_token_is_decided_at_start_up():
-    assert main.resolve_token(Config(host="127.0.0.1")).token is None
-    made = main.resolve_token(Config(host="0.0.0.0")).token
-    assert made and main.TOKEN_PATTERN.match(made) and len(made) >= 32
-    assert made != main.resolve_token(Config(host="0.0.0.0")).token
-    assert main.resolve_token(Config(host="0.0.0.0", no_token=True)).token is None
-    assert main.resolve_token(Config(host="::1")).token is None
-    assert main.server_url(Config(host="0.0.0.0", port=8443, token="abcdefgh1", certfile="c.pem")) == \
+    assert cli.resolve_token(Config(host="127.0.0.1")).token is None
+    made = cli.resolve_token(Config(host="0.0.0.0")).token
+    assert made and cli.TOKEN_PATTERN.match(made) and len(made) >= 32
+    assert made != cli.resolve_token(Config(host="0.0.0.0")).token
+    assert cli.resolve_token(Config(host="0.0.0.0", no_token=True)).token is None
+    assert cli.resolve_token(Config(host="::1")).token is None
+    assert cli.server_url(Config(host="0.0.0.0", port=8443, token="abcdefgh1", certfile="c.pem")) == \
         "https://0.0.0.0:8443/?token=abcdefgh1"
     with pytest.raises(ValueError, match="8 or more"):
-        main.resolve_token(Config(token="a b;c"))
+        cli.resolve_token(Config(token="a b;c"))
     with pytest.raises(ValueError, match="contradict"):
-        main.resolve_token(Config(token="abcdefgh1", no_token=True))
+        cli.resolve_token(Config(token="abcdefgh1", no_token=True))

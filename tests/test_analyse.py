@@ -2,8 +2,8 @@ import csv
 
 import cv2
 
-import main
-from analyse import CSV_COLUMNS
+from fer_server import cli
+from fer_server.face_csv import CSV_COLUMNS
 
 
 def model_args(tiny_model_files):
@@ -13,7 +13,7 @@ def model_args(tiny_model_files):
 
 def test_csv_and_annotated_video(tmp_path, clip, tiny_model_files, capsys):
     out, table = tmp_path / "annotated.mp4", tmp_path / "faces.csv"
-    code = main.main(["--source", str(clip), "--output", str(out), "--csv", str(table),
+    code = cli.main(["--source", str(clip), "--output", str(out), "--csv", str(table),
                       *model_args(tiny_model_files)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -40,7 +40,7 @@ def test_csv_and_annotated_video(tmp_path, clip, tiny_model_files, capsys):
 
 def test_csv_alone(tmp_path, clip, tiny_model_files):
     table = tmp_path / "faces.csv"
-    assert main.main(["--source", str(clip), "--csv", str(table), *model_args(tiny_model_files)]) == 0
+    assert cli.main(["--source", str(clip), "--csv", str(table), *model_args(tiny_model_files)]) == 0
     assert table.read_text().startswith("frame,time_s,face_id,x,y,w,h,label,confidence,angry")
     assert [p.name for p in tmp_path.iterdir()] == ["faces.csv"]
 
@@ -49,7 +49,7 @@ def test_unreadable_input_writes_nothing(tmp_path, tiny_model_files, capsys):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 5000)
     out, table = tmp_path / "out.mp4", tmp_path / "out.csv"
-    code = main.main(["--source", str(junk), "--output", str(out), "--csv", str(table),
+    code = cli.main(["--source", str(junk), "--output", str(out), "--csv", str(table),
                       *model_args(tiny_model_files)])
     assert code == 2
     assert "junk.mp4 cannot be decoded" in capsys.readouterr().err
@@ -57,5 +57,5 @@ def test_unreadable_input_writes_nothing(tmp_path, tiny_model_files, capsys):
 
 
 def test_offline_mode_needs_a_file(tiny_model_files, capsys):
-    assert main.main(["--source", "0", "--csv", "x.csv", *model_args(tiny_model_files)]) == 2
+    assert cli.main(["--source", "0", "--csv", "x.csv", *model_args(tiny_model_files)]) == 2
     assert "video file" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from model_files import FER2013_LABELS
-from config import Config
+from fer_server.model.files import FER2013_LABELS
+from fer_server.config import Config
 
 
 @pytest.fixture

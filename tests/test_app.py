@@ -1,8 +1,8 @@
 import pytest
 
-import main
-from model_files import FER2013_LABELS
-from config import Config
+from fer_server import cli
+from fer_server.model.files import FER2013_LABELS
+from fer_server.config import Config
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_page_shows_the_webcam_notice(clip, pass_through, make_camera, make_app)
 
 
 def test_main_missing_source_is_a_clear_error(tmp_path, capsys):
-    assert main.main(["--source", str(tmp_path / "missing.mp4")]) == 2
+    assert cli.main(["--source", str(tmp_path / "missing.mp4")]) == 2
     err = capsys.readouterr().err
     assert "error: video file" in err and "missing.mp4 does not exist" in err
 
@@ -53,12 +53,12 @@ def test_main_wrong_weights_is_a_clear_error(tmp_path, clip, tiny_model_files, c
     model_path, _ = tiny_model_files
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"junk")
-    assert main.main(["--source", str(clip), "--model", str(model_path), "--weights", str(junk)]) == 2
+    assert cli.main(["--source", str(clip), "--model", str(model_path), "--weights", str(junk)]) == 2
     assert "junk.h5" in capsys.readouterr().err
 
 
 def test_main_help(capsys):
     with pytest.raises(SystemExit) as exit:
-        main.main(["--help"])
+        cli.main(["--help"])
     assert exit.value.code == 0
     assert "--no-loop" in capsys.readouterr().out

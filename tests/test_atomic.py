@@ -1,7 +1,7 @@
 """atomic: a write either lands whole under the final name or leaves nothing behind."""
 import pytest
 
-from atomic import temporary_path, write_atomic
+from fer_server.atomic import temporary_path, write_atomic
 
 
 def test_a_write_lands_under_the_final_name_only(tmp_path):

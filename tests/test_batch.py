@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-import main
-from analyse import CSV_COLUMNS
-from batch import SUMMARY_HEAD, process_video, plan_jobs, run_batch
-from config import Config
+from fer_server import cli
+from fer_server.face_csv import CSV_COLUMNS
+from fer_server.offline.batch import run_batch
+from fer_server.offline.jobs import SUMMARY_HEAD, plan_jobs, process_video
+from fer_server.config import Config
 
 CLIP_FRAMES = 35  # tests/fixtures/clip.mp4: one face in (nearly) every frame
 PLAIN_FRAMES = 12  # the generated grey clip: no face
@@ -144,7 +145,7 @@ def test_annotated_videos_glob_list_and_main(tmp_path, clip, tiny_model_files, c
     listing = tmp_path / "list.txt"
     listing.write_text(f"videos/a.mp4\n\n# a comment\n{videos / 'sub' / 'plain.avi'}\n")
     model = ["--model", str(tiny_model_files[0]), "--weights", str(tiny_model_files[1])]
-    assert main.main(["--source", str(listing), "--csv-dir", str(tmp_path / "l"), "--output-dir",
+    assert cli.main(["--source", str(listing), "--csv-dir", str(tmp_path / "l"), "--output-dir",
                       str(tmp_path / "v"), "--workers", "0", *model]) == 0
     assert sorted(summary(tmp_path / "l")) == ["a.mp4", "sub/plain.avi"]  # relative to their common folder
     cap = cv2.VideoCapture(str(tmp_path / "v" / "sub" / "plain.mp4"))
@@ -152,7 +153,7 @@ def test_annotated_videos_glob_list_and_main(tmp_path, clip, tiny_model_files, c
     cap.release()
     assert "2 videos ok, 0 errors" in capsys.readouterr().out
 
-    assert main.main(["--source", str(videos / "**" / "*.mp4"), "--csv-dir", str(tmp_path / "g"),
+    assert cli.main(["--source", str(videos / "**" / "*.mp4"), "--csv-dir", str(tmp_path / "g"),
                       "--workers", "0", *model]) == 1
     assert sorted(summary(tmp_path / "g")) == ["a.mp4", "broken.mp4", "sub/b.mp4"]
 
@@ -257,8 +258,8 @@ def test_local_path_and_server_never_import_ray(tmp_path, clip, tiny_model_files
     import sys
 
     shutil.copy(clip, tmp_path / "a.mp4")
-    code = ("import sys, main, app, server, batch\n"
-            f"assert main.main(['--source', {str(tmp_path)!r}, '--csv-dir', {str(tmp_path / 'out')!r}, "
+    code = ("import sys\nfrom fer_server import cli\nimport fer_server.web.app, fer_server.web.server, fer_server.offline.batch\n"
+            f"assert cli.main(['--source', {str(tmp_path)!r}, '--csv-dir', {str(tmp_path / 'out')!r}, "
             f"'--workers', '0', '--model', {str(tiny_model_files[0])!r}, "
             f"'--weights', {str(tiny_model_files[1])!r}]) == 0\n"
             "assert 'ray' not in sys.modules, 'ray was imported'\n")
@@ -276,7 +277,8 @@ def crash_on_b(job, pipeline, labels):
 
 
 def test_a_crashing_worker_fails_only_its_video(tmp_path, clip, config):
-    from batch import _pool_rows, find_videos, read_labels
+    from fer_server.offline.engines import pool_rows
+    from fer_server.offline.jobs import find_videos, read_labels
 
     videos = tmp_path / "videos"
     (videos / "sub").mkdir(parents=True)
@@ -285,7 +287,7 @@ def test_a_crashing_worker_fails_only_its_video(tmp_path, clip, config):
     write_plain_clip(videos / "sub" / "plain.avi")
     root, found, _ = find_videos(videos)
     jobs = plan_jobs(root, found, tmp_path / "out")
-    rows = {row["video"]: row for row in _pool_rows(jobs, config, read_labels(config.model_path), 2, [],
+    rows = {row["video"]: row for row in pool_rows(jobs, config, read_labels(config.model_path), 2, [],
                                                     run=crash_on_b)}
     assert sorted(rows) == ["a.mp4", "sub/b.mp4", "sub/plain.avi"]
     assert (rows["a.mp4"]["status"], rows["a.mp4"]["frames"]) == ("ok", CLIP_FRAMES)

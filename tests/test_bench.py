@@ -45,7 +45,7 @@ def test_bench_refuses_a_file_that_is_not_a_video(tmp_path):
 
 def test_bench_inference_times_every_backend(tiny_model_files, capsys):
     from bench.inference import main
-    from classifier import Classifier
+    from fer_server.model.classifier import Classifier
 
     main(["--model", str(tiny_model_files[0]), "--weights", str(tiny_model_files[1]), "--seconds", "0.05",
           "--json"])

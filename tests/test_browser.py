@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from config import Config
+from fer_server.config import Config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from train.calibrate import expected_calibration_error, fit_temperature, golden_section_minimum, nll
+from train.calibrate import fit_temperature, golden_section_minimum
+from train.scoring import expected_calibration_error, nll
 
 
 def test_ece_by_hand():
@@ -36,7 +37,7 @@ def test_fit_temperature_by_hand():
 
 
 def test_calibrate_writes_the_temperature(tmp_path, capsys):
-    from model_files import load_model, save_model
+    from fer_server.model.files import load_model, save_model
     from train.calibrate import main
     from train.model import build_model
 

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mjpeg import mjpeg_part
-from sources import SourceError, parse_source, resolve_source
+from fer_server.capture.mjpeg import mjpeg_part
+from fer_server.capture.sources import SourceError, parse_source, resolve_source
 
 
 class Closed:

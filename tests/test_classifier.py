@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from classifier import Classifier
-from model_files import FER2013_LABELS, load_model, save_model, ModelLoadError
-from config import Config
+from fer_server.model.classifier import Classifier
+from fer_server.model.files import FER2013_LABELS, load_model, save_model, ModelLoadError
+from fer_server.config import Config
 from train.model import build_model
 
 

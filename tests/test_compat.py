@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tf_keras as k2
 
-from classifier import apply_temperature, Classifier
-from model_files import FER2013_LABELS, keras2_config_to_keras3, load_model, save_model, ModelLoadError
-from pipeline import crop_faces
+from fer_server.model.classifier import apply_temperature, Classifier
+from fer_server.model.files import FER2013_LABELS, load_model, save_model, ModelLoadError
+from fer_server.model.keras2 import keras2_config_to_keras3
+from fer_server.vision.frames import crop_faces
 
 
 def randomise(model, seed=0, scale=0.2):
@@ -105,7 +106,7 @@ def test_keras2_functional_rgb_non_square_with_class_names(tmp_path):
 
 
 def test_whole_keras2_h5_model_64x64_scaled_to_minus_one_one(tmp_path):
-    from train.evaluate import predict
+    from train.scoring import predict
 
     model = randomise(k2.Sequential([
         k2.Input((64, 64, 1)), k2.layers.Conv2D(4, 3, strides=2), k2.layers.BatchNormalization(),
@@ -237,7 +238,7 @@ def test_bad_input_range_and_weights_only_h5(tmp_path):
 
 
 def test_negative_input_range_on_the_command_line():
-    from config import join_input_range_argv
+    from fer_server.config import join_input_range_argv
 
     assert join_input_range_argv(["--model", "m.h5", "--input-range", "-1,1", "--json"]) == [
         "--model", "m.h5", "--input-range=-1,1", "--json"]
@@ -246,8 +247,8 @@ def test_negative_input_range_on_the_command_line():
 
 def test_rgb_keras2_model_through_the_pipeline(tmp_path, clip):
     """A 3-channel model gets the colour crop in RGB order, at its own input size."""
-    from builders import build_pipeline
-    from config import Config
+    from fer_server.builders import build_pipeline
+    from fer_server.config import Config
 
     inputs = k2.Input((36, 30, 3))
     x = k2.layers.Conv2D(3, 3, strides=2)(inputs)
@@ -261,7 +262,7 @@ def test_rgb_keras2_model_through_the_pipeline(tmp_path, clip):
     capture.release()
     assert ok and frame.ndim == 3
     frame[..., 0] //= 2  # the clip is gray: tint it so that BGR and RGB crops differ
-    faces = pipeline.analyse(frame)
+    faces = pipeline.find_faces(frame)
     assert len(faces) == 1 and set(faces[0].probabilities) == {"Happy", "Sad"}
     x0, y0, w, h = faces[0].box
     crop = cv2.resize(frame[y0:y0 + h, x0:x0 + w], (30, 36), interpolation=cv2.INTER_AREA)
@@ -293,7 +294,7 @@ def test_shipped_weights_load_into_the_same_graph_built_with_tf_keras(faces):
     """The shipped ``model_weights.h5`` is classic HDF5: tf.keras 2 loads it into the architecture
     ``model.json`` describes (built here layer by layer with ``tf_keras``, the member widths,
     crops and weights read from the JSON), and computes what Keras 3 computes from the shipped pair."""
-    from config import Config
+    from fer_server.config import Config
 
     config = Config()
     layers = {layer["config"]["name"]: layer for layer in

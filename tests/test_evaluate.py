@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from train.evaluate import metrics
+from train.scoring import metrics
 
 
 def test_metrics_by_hand():
@@ -140,7 +140,8 @@ def test_folder_evaluation_photo_crop_and_broken_image(tmp_path, tiny_model_file
 
 
 def test_padding_finds_a_face_that_touches_the_border(faces, classifier):
-    from pipeline import FaceDetector, FramePipeline
+    from fer_server.vision.detector import FaceDetector
+    from fer_server.vision.pipeline import FramePipeline
 
     crop = _crop(faces["Angry"])
     detector = FaceDetector(1.1, 5, 24, 1280)  # Config's image_* settings
@@ -150,15 +151,15 @@ def test_padding_finds_a_face_that_touches_the_border(faces, classifier):
     assert len(boxes) == 1
     x, y, w, h = boxes[0]
     assert w > 144 / 2 and abs(x + w / 2 - 72) < 36 and abs(y + h / 2 - 72) < 36  # the face, not a corner
-    assert len(FramePipeline(detector, classifier).analyse_image(crop)) == 0
-    found = FramePipeline(detector, classifier, image_pad=0.2).analyse_image(crop)
+    assert len(FramePipeline(detector, classifier).faces_in_image(crop)) == 0
+    found = FramePipeline(detector, classifier, image_pad=0.2).faces_in_image(crop)
     assert len(found) == 1
     fx, fy, fw, fh = found[0].box
     assert fx >= 0 and fy >= 0 and fx + fw <= 144 and fy + fh <= 144  # clipped to the image
 
 
 def test_clip_boxes_by_hand():
-    from pipeline import clip_boxes
+    from fer_server.vision.detector import clip_boxes
 
     out = clip_boxes(np.array([[-5, 10, 20, 20], [90, 90, 20, 20], [200, 0, 5, 5]]), (100, 100))
     assert out.tolist() == [[0, 10, 15, 20], [90, 90, 10, 10], [100, 0, 0, 5]]
@@ -178,7 +179,7 @@ def test_logit_adjustment_by_hand():
 
 def spy_detector(detect_width):
     """A ``FaceDetector`` that keeps ``(shape, scale)`` of its last ``detect`` call as ``seen``."""
-    from pipeline import FaceDetector
+    from fer_server.vision.detector import FaceDetector
 
     class Spy(FaceDetector):
         def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
@@ -197,7 +198,8 @@ def test_padding_keeps_the_downscale_of_the_unpadded_image():
 
 
 def test_a_small_crop_is_found_when_enlarged_for_the_search(faces, classifier):
-    from pipeline import FaceDetector, FramePipeline
+    from fer_server.vision.detector import FaceDetector
+    from fer_server.vision.pipeline import FramePipeline
 
     crop = faces["Angry"]  # the 48x48 FER2013 face itself, as uploaded
     detector = FaceDetector(1.1, 5, 24, 1280)  # Config's image_* settings
@@ -206,7 +208,7 @@ def test_a_small_crop_is_found_when_enlarged_for_the_search(faces, classifier):
     assert len(boxes) == 1
     x, y, w, h = boxes[0]  # in pixels of the 48x48 image, not of the enlarged one
     assert 24 < w < 72 and abs(x + w / 2 - 24) < 12 and abs(y + h / 2 - 24) < 12
-    found = FramePipeline(detector, classifier, image_pad=0.3, image_min_side_px=144).analyse_image(crop)
+    found = FramePipeline(detector, classifier, image_pad=0.3, image_min_side_px=144).faces_in_image(crop)
     assert len(found) == 1
     fx, fy, fw, fh = found[0].box
     assert fx >= 0 and fy >= 0 and fx + fw <= 48 and fy + fh <= 48

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from classifier import Classifier
-from config import Config
-from explain import GradCam, heatmap_png, last_conv_layer
+from fer_server.model.classifier import Classifier
+from fer_server.config import Config
+from fer_server.model.gradcam import GradCam, heatmap_png, last_conv_layer
 
 
 def decode_data_url(url):

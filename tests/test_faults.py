@@ -5,7 +5,7 @@ import time
 import cv2
 import numpy as np
 
-from config import Config
+from fer_server.config import Config
 
 
 class FakeLive:

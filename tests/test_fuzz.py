@@ -6,8 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from config import Config
-from pipeline import FaceDetector, FramePipeline
+from fer_server.config import Config
+from fer_server.vision.detector import FaceDetector
+from fer_server.vision.pipeline import FramePipeline
 from test_api import png_header_only
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -15,7 +16,7 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(Healt
 
 @pytest.fixture(scope="module")
 def api(clip, tiny_model_files):
-    from app import create_app
+    from fer_server.web.app import create_app
 
     app = create_app(Config(source=str(clip), model_path=tiny_model_files[0],
                             weights_path=tiny_model_files[1], max_upload_bytes=256 * 1024,

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from model_files import load_model
+from fer_server.model.files import load_model
 from tests.test_train import fer_csv
 
 

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-import main
-from cameras import Cameras, SourceNameError, parse_source_specs
-from config import Config, add_config_arguments, config_from_args
+from fer_server import cli
+from fer_server.capture.camera_set import Cameras, SourceNameError, parse_source_specs
+from fer_server.config import Config, add_config_arguments, config_from_args
 from tests.test_server import read_until, request
 
 
@@ -39,15 +39,15 @@ def test_source_flag_repeats_and_the_variable_takes_a_list():
 
 
 def test_bad_sources_stop_the_server_at_start_up(clip, tmp_path, capsys):
-    assert main.main(["--source", f"a={clip}", "--source", f"a={clip}", "--port", "0"]) == 2
+    assert cli.main(["--source", f"a={clip}", "--source", f"a={clip}", "--port", "0"]) == 2
     assert "two sources are named 'a'" in capsys.readouterr().err
-    assert main.main(["--source", f"a b={clip}", "--port", "0"]) == 2
+    assert cli.main(["--source", f"a b={clip}", "--port", "0"]) == 2
     assert "not URL-safe" in capsys.readouterr().err
-    assert main.main(["--source", f"a={clip}", "--source", str(tmp_path / "gone.mp4"), "--port", "0"]) == 2
+    assert cli.main(["--source", f"a={clip}", "--source", str(tmp_path / "gone.mp4"), "--port", "0"]) == 2
     assert "gone.mp4 does not exist" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert main.main(["--source", str(clip), "--record", str(blocker), "--port", "0"]) == 2
+    assert cli.main(["--source", str(clip), "--record", str(blocker), "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot write recordings to {blocker}")
 

@@ -1,8 +1,10 @@
 import cv2
 import numpy as np
 
-from model_files import FER2013_LABELS
-from pipeline import Face, FaceDetector, FramePipeline, crop_faces, draw_faces
+from fer_server.model.files import FER2013_LABELS
+from fer_server.vision.detector import FaceDetector
+from fer_server.vision.frames import Face, crop_faces, draw_faces
+from fer_server.vision.pipeline import FramePipeline
 
 
 def read_frames(path):

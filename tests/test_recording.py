@@ -5,12 +5,12 @@ import logging
 import time
 from pathlib import Path
 
-from camera import Frame
-from config import Config
-from pipeline import Face
-from analyse import CSV_COLUMNS
-import recording
-from recording import Recorder
+from fer_server.capture.camera import Frame
+from fer_server.config import Config
+from fer_server.vision.frames import Face
+from fer_server.face_csv import CSV_COLUMNS
+from fer_server.capture import recording
+from fer_server.capture.recording import Recorder
 
 LABELS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 

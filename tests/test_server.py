@@ -10,7 +10,7 @@ import time
 import cv2
 import numpy as np
 
-from config import Config
+from fer_server.config import Config
 
 
 def request(port, path, method="GET", body=b"", headers=""):
@@ -60,7 +60,7 @@ def test_video_feed_streams_jpeg_parts_and_frees_the_slot(serve, make_camera, pa
 
 
 def test_events_stream_the_faces(serve, make_camera, clip, tiny_model_files):
-    from builders import build_pipeline
+    from fer_server.builders import build_pipeline
 
     model_path, weights_path = tiny_model_files
     pipeline = build_pipeline(Config(model_path=model_path, weights_path=weights_path))

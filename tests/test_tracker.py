@@ -2,8 +2,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import FaceDetector, FramePipeline, crop_faces
-from tracker import FaceTracker, iou
+from fer_server.vision.detector import FaceDetector
+
+from fer_server.vision.frames import crop_faces
+
+from fer_server.vision.pipeline import FramePipeline
+from fer_server.vision.tracker import FaceTracker, iou
 from test_pipeline import read_frames
 
 
@@ -72,7 +76,7 @@ def test_lost_face_is_dropped_after_max_missed(faces):
 def test_smoothing_off_gives_raw_probabilities(clip, classifier):
     pipeline = FramePipeline(FaceDetector(), classifier, detect_every=1, smoothing=0.0)
     for frame in read_frames(clip)[:4]:
-        faces = pipeline.analyse(frame)
+        faces = pipeline.find_faces(frame)
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         raw = classifier.predict(crop_faces(gray, np.array([faces[0].box])))[0]
         np.testing.assert_allclose(list(faces[0].probabilities.values()), raw, atol=1e-6)
@@ -99,7 +103,7 @@ def test_smoothing_is_an_exponential_moving_average(clip):
     smooth = FramePipeline(FaceDetector(), classifier, detect_every=1, smoothing=0.6)
     expected = [[1, 0, 0], [0.6, 0.4, 0], [0.36, 0.24, 0.4]]
     for frame, want in zip(read_frames(clip)[:3], expected):
-        faces = smooth.analyse(frame)
+        faces = smooth.find_faces(frame)
         assert len(faces) == 1
         np.testing.assert_allclose(list(faces[0].probabilities.values()), want, atol=1e-6)
         assert faces[0].label == "ABC"[int(np.argmax(want))]

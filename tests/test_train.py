@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from model_files import FER2013_LABELS, load_model
+from fer_server.model.files import FER2013_LABELS, load_model
 from train.data import DataError, carve_validation, load_dataset, load_fer2013_csv, split_sources
 
 
@@ -188,7 +188,7 @@ def test_cli_bad_input_exits_nonzero(tmp_path, capsys):
 
 
 def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, make_app, clip, capsys):
-    from config import Config
+    from fer_server.config import Config
     from train.__main__ import main
 
     from train.card import NOTES_MARKER
@@ -227,7 +227,7 @@ def test_two_epochs_of_a_tiny_model_serve_its_classes(tmp_path, folder_path, mak
 
 
 def test_evaluate_json(tmp_path, csv_path, capsys):
-    from model_files import save_model
+    from fer_server.model.files import save_model
     from train.evaluate import main
 
     # A model that answers Happy (index 3) for every face, on 4 faces of each of the 7 classes: accuracy
@@ -303,7 +303,7 @@ def test_init_weights_fine_tunes_a_given_model(tmp_path, csv_path, tiny_model_fi
 
 def test_teacher_gives_soft_targets(tmp_path, csv_path, tiny_model_files, monkeypatch):
     import train.__main__ as train_main
-    from model_files import save_classic_weights
+    from fer_server.model.files import save_classic_weights
     from train.__main__ import main, make_dataset, weights_width
     from train.model import build_model
 
@@ -386,7 +386,7 @@ def test_a_tiny_model_learns_the_fixture_faces(tmp_path, faces):
     An untrained one answers one class for every face: 1 of 7 right."""
     import csv
 
-    from classifier import Classifier
+    from fer_server.model.classifier import Classifier
     from train.__main__ import main
 
     (tmp_path / "f.csv").write_text(fer_csv(faces, copies=4))

@@ -103,13 +103,13 @@ def cpu_has_bf16():
 def load_weights_or_exit(model, path, width):
     """Load ``path`` (classic ``.h5`` or ``.weights.h5``) into ``model``, or exit with one line
     naming the file, the width and the number of classes when it does not fit."""
-    from model_files import _first_line
+    from fer_server.model.files import first_line
 
     try:
         model.load_weights(str(path))
     except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatch
         sys.exit(f"error: {path} does not fit a width-{width} model with "
-                 f"{model.output_shape[-1]} classes ({_first_line(e)})")
+                 f"{model.output_shape[-1]} classes ({first_line(e)})")
 
 
 def weights_width(path):
@@ -214,7 +214,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from model_files import FER2013_LABELS
+    from fer_server.model.files import FER2013_LABELS
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     try:
@@ -234,14 +234,14 @@ def main(argv=None):
     from livelossplot import PlotLossesKeras
     from livelossplot.outputs import MatplotlibPlot
 
-    from classifier import Classifier
-    from model_files import save_model
+    from fer_server.model.classifier import Classifier
+    from fer_server.model.files import save_model
     from train.card import write_model_card
     from train.model import build_augmentation, build_model
 
     targets = None  # one-hot labels, unless a teacher gives soft targets
     if args.teacher:  # in float32, before the training precision is set
-        from train.evaluate import predict
+        from train.scoring import predict
 
         probabilities = 0
         for path in args.teacher:
@@ -323,7 +323,7 @@ def main(argv=None):
     # Ship the best epoch as a float32 model: the JSON then carries no bfloat16 policy.
     keras.mixed_precision.set_global_policy("float32")
     from train.average import average_weights, recalibrate_batchnorm
-    from train.evaluate import predict
+    from train.scoring import predict
 
     # Batch-norm statistics gathered on augmented batches do not fit clean faces. Recomputing them on
     # the clean Training faces raised PublicTest accuracy from 0.637 to 0.667 for one checkpoint, and from

@@ -20,42 +20,10 @@ import sys
 
 import numpy as np
 
-from classifier import apply_temperature
-from config import BACKENDS, Config, join_input_range_argv
+from fer_server.model.classifier import apply_temperature
+from fer_server.config import BACKENDS, Config, join_input_range_argv
 from train.data import SPLITS, DataError, load_fer2013_csv
-
-#: Confidence bins of the expected calibration error (Guo et al. 2017 use 15).
-ECE_BINS = 15
-
-
-def nll(probs, labels):
-    """Mean negative log-likelihood in nats of ``labels`` (``(N,)`` int) under ``probs`` (``(N, C)``)."""
-    p = np.asarray(probs, np.float64)[np.arange(len(labels)), labels]
-    return float(-np.log(np.maximum(p, 1e-12)).mean())
-
-
-def expected_calibration_error(probs, labels, bins=ECE_BINS):
-    """ECE: ``sum_m |B_m| / N * |accuracy(B_m) - mean confidence(B_m)|``.
-
-    Args:
-        probs: ``(N, C)`` probabilities; a face's confidence is its largest one.
-        labels: ``(N,)`` int true classes.
-        bins: equal-width confidence bins ``((m - 1) / bins, m / bins]``.
-
-    Returns:
-        A float in [0, 1].
-    """
-    probs = np.asarray(probs, np.float64)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(labels)
-    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    total = 0.0
-    for m in range(bins):
-        members = index == m
-        if members.any():
-            total += members.sum() / len(probs) * abs(correct[members].mean() - confidence[members].mean())
-    return float(total)
-
+from train.scoring import expected_calibration_error, nll, predict
 
 def golden_section_minimum(f, low, high, tol=1e-6):
     """The ``x`` in ``[low, high]`` minimising a unimodal ``f``, to within ``tol``."""
@@ -93,9 +61,8 @@ def scores(probs, labels):
 
 
 def main(argv=None):
-    from classifier import Classifier
-    from model_files import load_model, write_model_metadata, ModelLoadError
-    from train.evaluate import predict
+    from fer_server.model.classifier import Classifier
+    from fer_server.model.files import load_model, write_model_metadata, ModelLoadError
 
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -3,9 +3,9 @@ import csv
 from pathlib import Path
 
 from bench.inference import time_predict
-from classifier import Classifier
-from config import Config
-from train.evaluate import metrics, predict
+from fer_server.model.classifier import Classifier
+from fer_server.config import Config
+from train.scoring import metrics, predict
 from train.model import AUGMENTATION
 
 #: An existing card keeps everything from this line on (experiment notes written by hand).

@@ -17,15 +17,16 @@ import sys
 import cv2
 import numpy as np
 
-from config import join_input_range_argv
+from fer_server.config import join_input_range_argv
 from train.data import load_fer2013_csv
 
 
 def main(argv=None):
-    from classifier import Classifier
-    from config import BACKENDS, Config
-    from pipeline import FaceDetector, crop_faces
-    from train.evaluate import predict
+    from fer_server.model.classifier import Classifier
+    from fer_server.config import BACKENDS, Config
+    from fer_server.vision.detector import FaceDetector
+    from fer_server.vision.frames import crop_faces
+    from train.scoring import predict
 
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -108,8 +109,8 @@ def bare_crops(classifier, images, labels, pads, side=144, canvas=False, min_sid
     """
     from dataclasses import replace
 
-    from builders import build_pipeline
-    from config import Config
+    from fer_server.builders import build_pipeline
+    from fer_server.config import Config
 
     result = {}
     for pad in pads:
@@ -121,7 +122,7 @@ def bare_crops(classifier, images, labels, pads, side=144, canvas=False, min_sid
             if canvas:
                 big = cv2.copyMakeBorder(big, side // 2, side // 2, side // 2, side // 2, cv2.BORDER_CONSTANT,
                                          value=128)
-            faces = pipeline.analyse_image(big)
+            faces = pipeline.faces_in_image(big)
             if faces:
                 found += 1
                 best = max(faces, key=lambda f: f.box[2] * f.box[3])

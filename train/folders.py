@@ -6,9 +6,9 @@
 ``FOLDER`` holds ``FOLDER/<Label>/<image>`` with each ``Label`` one of the
 model's class names (matched case-insensitively); a manifest is a CSV with
 ``label`` and ``relpath`` columns, paths relative to the manifest's folder
-(``--root`` overrides it).  Images are read with ``images.decode_image``, as
+(``--root`` overrides it).  Images are read with ``web.uploads.decode_image``, as
 ``/api/predict`` reads an upload.  A whole photo goes through
-``FramePipeline.analyse_image`` of ``builders.build_pipeline(config,
+``FramePipeline.faces_in_image`` of ``builders.build_pipeline(config,
 for_images=True)`` (the ``/api/predict`` path) and the largest face found is
 its answer; a photo where no face is found counts as wrong in ``accuracy``
 and is left out of ``accuracy_found``.  ``--crops`` classifies each image as
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from train.data import DataError
-from train.evaluate import confusion_lines, metrics, write_outputs
+from train.scoring import confusion_lines, metrics, write_outputs
 
 #: File name endings read as images in a folder (others are ignored).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -124,7 +124,7 @@ def classify_items(pipeline, items, crops=False, max_pixels=40_000_000):
     """Classify each image as ``/api/predict`` would (largest face) or as a tight crop.
 
     Args:
-        pipeline: a ``pipeline.FramePipeline`` built ``for_images``.
+        pipeline: a ``vision.pipeline.FramePipeline`` built ``for_images``.
         items: ``(path, class index)`` pairs.
         crops: classify the whole image as the face instead of searching it.
         max_pixels: ``decode_image``'s limit.
@@ -135,8 +135,8 @@ def classify_items(pipeline, items, crops=False, max_pixels=40_000_000):
         classes, ``(N,)`` bool face found, all over the readable images in
         ``items`` order; and ``[(path, reason)]`` for the unreadable ones.
     """
-    from images import ImageError, decode_image
-    from pipeline import _grayscale, crop_faces
+    from fer_server.web.uploads import ImageError, decode_image
+    from fer_server.vision.frames import crop_faces, grayscale
 
     classifier = pipeline.classifier
     probs, y_true, found, unreadable = [], [], [], []
@@ -147,11 +147,11 @@ def classify_items(pipeline, items, crops=False, max_pixels=40_000_000):
             unreadable.append((str(path), getattr(e, "strerror", None) or str(e)))
             continue
         if crops:
-            gray = _grayscale(image)
+            gray = grayscale(image)
             box = np.array([[0, 0, gray.shape[1], gray.shape[0]]])
             p = classifier.predict(crop_faces(gray, box, classifier.input_size, 0.0))[0]
         else:
-            faces = pipeline.analyse_image(image)
+            faces = pipeline.faces_in_image(image)
             p = None
             if faces:
                 best = max(faces, key=lambda face: face.box[2] * face.box[3])
@@ -197,8 +197,8 @@ def score(probs, y_true, found, labels, temperature=None):
     result["distribution"] = {name: {"true": int(true_counts[i]), "predicted": int(pred_counts[i])}
                               for i, name in enumerate(list(labels) + [NO_FACE])}
     if temperature is not None and found.any():
-        from classifier import apply_temperature
-        from train.calibrate import expected_calibration_error
+        from fer_server.model.classifier import apply_temperature
+        from train.scoring import expected_calibration_error
 
         served = np.asarray(probs)[found]
         result.update(ece=expected_calibration_error(served, y_true[found]),
@@ -228,7 +228,7 @@ def format_folder_report(result, labels):
 
 def main(argv=None):
     """Command line: see the module docstring; exits non-zero with one message on bad input."""
-    from config import BACKENDS, Config
+    from fer_server.config import BACKENDS, Config
 
     defaults = Config()
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
@@ -258,8 +258,8 @@ def main(argv=None):
     if args.image_min_side < 0:
         p.error(f"--image-min-side must be >= 0, got {args.image_min_side}")
 
-    from builders import build_classifier, build_pipeline
-    from model_files import ModelLoadError
+    from fer_server.builders import build_classifier, build_pipeline
+    from fer_server.model.files import ModelLoadError
 
     config = replace(defaults, model_path=Path(args.model), weights_path=Path(args.weights), backend=args.backend,
                      image_pad=args.image_pad, image_min_side_px=args.image_min_side, crop_margin=args.crop_margin)

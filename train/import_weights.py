@@ -57,13 +57,13 @@ def read_export(path):
     return meta, {k: [v[i] for i in sorted(v)] for k, v in weights.items()}, check
 
 
-def build_keras(meta, weights):
-    """``build_model(width)`` with ``weights`` (from ``read_export``) set.
+def build_keras(meta, weights, border=0):
+    """``build_model(width, border=border)`` with ``weights`` (from ``read_export``) set.
 
     Raises:
         ExportError: a layer's arrays are missing or have the wrong shape.
     """
-    model = build_model(width=int(meta["width"]))
+    model = build_model(width=int(meta["width"]), border=border)
     for layer in model.layers:
         if layer.weights:
             try:
@@ -215,7 +215,7 @@ def main(argv=None):
         p.error("--ferplus goes with --member-weights search")
     if isinstance(args.member_weights, list) and len(args.member_weights) != len(args.exports):
         p.error(f"--member-weights has {len(args.member_weights)} weights for {len(args.exports)} exports")
-    from model_files import save_model
+    from fer_server.model.files import save_model
     from train.data import DataError, load_fer2013_csv, load_ferplus_votes
     try:
         public_faces, public_labels = load_fer2013_csv(args.data)["PublicTest"]
@@ -244,8 +244,8 @@ def main(argv=None):
         print(f"  plain mean: {plain['accuracy']:.2%}"
               + (f"  FER+ majority {plain['ferplus']:.2%}" if "ferplus" in plain else ""))
         weights = list(weights)
-    if len(members) == 1 and not members[0][2]:
-        model = build_keras(members[0][0], members[0][1])
+    if len(members) == 1:
+        model = build_keras(*members[0])
     else:
         model = build_ensemble([(int(meta["width"]), border) for meta, _, border in members], weights=weights)
         for i, (_, member_weights, _) in enumerate(members):

@@ -49,11 +49,52 @@ def logit_adjust(probs, priors, tau):
     return np.log(np.maximum(np.asarray(probs, np.float64), 1e-12)) - tau * np.log(np.asarray(priors))[None, :]
 
 
+def summary(y_true, y_pred, num_classes=7):
+    """Accuracy, macro-F1 and per-class recall, compact (``train.scoring.metrics`` is the full report).
+
+    Returns:
+        ``{"accuracy": float, "macro_f1": float, "recall": [C floats]}``, rounded.
+    """
+    from train.scoring import metrics
+
+    m = metrics(np.asarray(y_true), np.asarray(y_pred), [str(i) for i in range(num_classes)])
+    return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
+            "recall": [round(c["recall"], 3) for c in m["per_class"].values()]}
+
+
+def choose_prior_share(logits, labels, log_prior, tau, min_macro_f1, step=0.05):
+    """How much of the training prior to add back to logit-adjusted scores, chosen on one split.
+
+    A network trained with the logit-adjusted loss (Menon et al. 2021, eq.
+    10; ``train.losses.distillation_loss``) has scores without the training
+    priors: ``argmax(logits)`` aims at balanced error.  Adding ``c * log
+    prior`` back, c in [0, tau], moves towards plain accuracy; c = tau
+    undoes the adjustment.
+
+    Args:
+        logits: ``(N, C)`` scores; labels: ``(N,)`` ints; log_prior: ``(C,)``.
+        min_macro_f1: the macro-F1 a choice must reach.
+
+    Returns:
+        ``(c, table)``: the most accurate c on a ``step`` grid whose macro-F1
+        is at least ``min_macro_f1`` (ties: the larger macro-F1, then the
+        smaller c; the highest macro-F1 if none reaches it), and ``{c:
+        summary}`` for every c tried.
+    """
+    table = {}
+    for c in np.round(np.arange(0, tau + 1e-9, step), 4):
+        table[float(c)] = summary(labels, (np.asarray(logits) + c * np.asarray(log_prior)).argmax(1))
+    ok = [c for c, s in table.items() if s["macro_f1"] >= min_macro_f1]
+    if ok:
+        return max(ok, key=lambda c: (table[c]["accuracy"], table[c]["macro_f1"], -c)), table
+    return max(table, key=lambda c: (table[c]["macro_f1"], -c)), table
+
+
 def main(argv=None):
-    from classifier import Classifier
-    from config import BACKENDS, Config
+    from fer_server.model.classifier import Classifier
+    from fer_server.config import BACKENDS, Config
     from train.data import load_fer2013_csv
-    from train.evaluate import metrics, predict
+    from train.scoring import metrics, predict
     from train.folders import classify_items, load_folder, score
 
     defaults = Config()
@@ -68,7 +109,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from builders import build_pipeline
+    from fer_server.builders import build_pipeline
 
     data = load_fer2013_csv(args.data)
     classifier = Classifier.from_files(args.model, args.weights, backend=args.backend)

@@ -36,7 +36,7 @@ def build_augmentation(strength=1.0):
     ] if strength > 0 else []), name="augment")
 
 
-def build_model(num_classes=7, width=32, dropout=0.4, input_size=48):
+def build_model(num_classes=7, width=32, dropout=0.4, input_size=48, border=0):
     """Build the classifier.
 
     Args:
@@ -44,6 +44,9 @@ def build_model(num_classes=7, width=32, dropout=0.4, input_size=48):
         width: filters in the first block; later blocks use 2x, 4x, 8x.
         dropout: dropout rate before the final dense layer.
         input_size: side of the square grayscale input in pixels.
+        border: pixels cropped from each side of the input first (a
+            ``Cropping2D`` layer ``crop``): a network trained on random
+            ``input_size - 2 * border`` crops sees the centre crop.
 
     Returns:
         An uncompiled ``keras.Model`` taking ``(N, input_size, input_size, 1)``
@@ -52,7 +55,9 @@ def build_model(num_classes=7, width=32, dropout=0.4, input_size=48):
         computes in bfloat16 while the output layer stays float32.
     """
     inputs = keras.Input((input_size, input_size, 1), name="face")
-    return keras.Model(inputs, _vgg(inputs, num_classes, width, dropout), name=f"fer_vgg{width}")
+    x = layers.Cropping2D(int(border), name="crop")(inputs) if border else inputs
+    name = f"fer_vgg{width}" + (f"c{input_size - 2 * int(border)}" if border else "")
+    return keras.Model(inputs, _vgg(x, num_classes, width, dropout), name=name)
 
 
 def build_ensemble(members, num_classes=7, dropout=0.4, input_size=48, weights=None):

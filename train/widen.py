@@ -80,7 +80,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from model_files import load_model, save_classic_weights, ModelLoadError
+    from fer_server.model.files import load_model, save_classic_weights, ModelLoadError
     from train.model import build_model
 
     try:

@@ -1,10 +1,10 @@
 """The capture thread shared by every viewer: ``Camera``, its ``Viewer``s and ``Frame``s.
 
-One ``Camera`` owns a ``sources.VideoSource``.  While at least one client
+One ``Camera`` owns a ``capture.sources.VideoSource``.  While at least one client
 is watching, a single background thread reads its frames, runs the
 ``FramePipeline`` on each, JPEG-encodes the result once and publishes it,
 and every client sends the same bytes.  A client with a thread of its own
-iterates ``Camera.frames()``; the event-loop server (``server.py``) holds a
+iterates ``Camera.frames()``; the event-loop server (``web.server.py``) holds a
 ``Viewer`` per client from ``Camera.connect()`` and is woken through
 ``Camera.add_listener``.  The thread releases the source
 ``idle_timeout_s`` seconds after the last client leaves and starts again
@@ -18,8 +18,8 @@ import time
 import cv2
 import numpy as np
 
-from mjpeg import mjpeg_part
-from sources import ENDED, LOST, OPENED, REWOUND, Reconnecting, SourceError, VideoSource
+from fer_server.capture.mjpeg import mjpeg_part
+from fer_server.capture.sources import ENDED, LOST, OPENED, REWOUND, Reconnecting, SourceError, VideoSource
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Frame:
         seq: publication number, increasing for the Camera's lifetime.
         jpeg: the annotated frame, JPEG-encoded.
         part: ``jpeg`` wrapped as one ``multipart/x-mixed-replace`` part.
-        faces: the ``pipeline.Face`` list of this frame.
+        faces: the ``vision.frames.Face`` list of this frame.
         width, height: frame size in pixels.
         timings: ms per stage for this frame: ``decode``, the pipeline's
             stages (``detect``, ``classify``, ``draw``), ``encode``, and
@@ -133,15 +133,15 @@ class Camera:
         source: webcam index (int), video file path or stream URL.
         pipeline: object with ``process(frame) -> (annotated, faces)`` and
             optionally ``reset()`` (called when the video starts over),
-            usually a ``pipeline.FramePipeline``.
+            usually a ``vision.pipeline.FramePipeline``.
         loop: replay a video file when it ends; otherwise the stream ends.
         idle_timeout_s: seconds without clients before the thread stops.
         jpeg_quality: 0-100.
         notice: a sentence shown on the page (e.g. the webcam fallback).
-        open_capture: ``sources.open_video`` (the default) or a stand-in
+        open_capture: ``capture.sources.open_video`` (the default) or a stand-in
             with the ``cv2.VideoCapture`` interface (tests count and fail calls).
         pace: play a video file at its own frame rate; False processes it
-            as fast as the CPU allows (benchmarks).  See ``sources.VideoSource``.
+            as fast as the CPU allows (benchmarks).  See ``capture.sources.VideoSource``.
         on_frame: called in the capture thread with each published
             ``Frame`` (more with ``add_frame_observer``).
         max_backoff_s: longest wait between two attempts to reopen a lost
@@ -187,7 +187,7 @@ class Camera:
 
     @property
     def name(self):
-        """A human-readable name of the source (``sources.source_name``)."""
+        """A human-readable name of the source (``capture.sources.source_name``)."""
         return self.video.name
 
     @property
@@ -241,7 +241,7 @@ class Camera:
 
         It runs in the publishing thread with the camera's lock held, so it
         must return at once, as ``loop.call_soon_threadsafe`` does; the
-        event-loop server (``server.py``) wakes its viewers this way.
+        event-loop server (``web.server.py``) wakes its viewers this way.
         """
         with self._cond:
             self._listeners.append(listener)

@@ -3,7 +3,7 @@
 ``parse_source_specs`` turns the ``--source`` values into ``(name, source)``
 pairs and refuses duplicate or non-URL-safe names; ``Cameras`` keeps the
 cameras in command-line order, the first being the one the routes without
-a ``source`` serve.  Each ``camera.Camera`` stays single-source, with its own
+a ``source`` serve.  Each ``capture.camera.Camera`` stays single-source, with its own
 capture thread.
 """
 import re
@@ -56,7 +56,7 @@ def parse_source_specs(specs):
 
 
 class Cameras:
-    """The server's ``camera.Camera`` objects by source name, in command-line order.
+    """The server's ``capture.camera.Camera`` objects by source name, in command-line order.
 
     Args:
         cameras: ``{name: Camera}`` (insertion order kept); at least one.

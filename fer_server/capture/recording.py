@@ -1,6 +1,6 @@
 """Live recording of each source's faces to CSV (``--record DIR``), and its recent rows for ``/api/history``.
 
-A ``Recorder`` is a frame observer of one ``camera.Camera``
+A ``Recorder`` is a frame observer of one ``capture.camera.Camera``
 (``Camera.add_frame_observer``): in the capture thread it only turns each
 frame's faces into rows and appends them to a list.  A thread of its own
 writes them every ``flush_s`` seconds to ``DIR/<source name>/<UTC
@@ -17,13 +17,13 @@ import threading
 import time
 from pathlib import Path
 
-from analyse import csv_header, ensure_writable_folder, face_row
+from fer_server.face_csv import csv_header, ensure_writable_folder, face_row
 
 log = logging.getLogger(__name__)
 
 #: Seconds of rows kept in memory for ``/api/history``.
 HISTORY_S = 600.0
-#: The first column, before ``analyse.CSV_COLUMNS``: the frame's wall-clock time, ISO 8601 in UTC.
+#: The first column, before ``offline.video.CSV_COLUMNS``: the frame's wall-clock time, ISO 8601 in UTC.
 TIME_COLUMN = "wall_time"
 
 
@@ -61,8 +61,8 @@ class Recorder:
         monotonic: the clock of ``time_s`` and of ``recent`` (tests move it).
 
     Attributes:
-        columns: ``wall_time`` then ``analyse.csv_header(labels)``:
-            ``frame`` is the ``camera.Frame.seq`` viewers saw, ``time_s``
+        columns: ``wall_time`` then ``offline.video.csv_header(labels)``:
+            ``frame`` is the ``capture.camera.Frame.seq`` viewers saw, ``time_s``
             seconds since the recorder started.
         rows_written: rows written to files so far.
         write_errors: failed writes so far.
@@ -93,7 +93,7 @@ class Recorder:
         self._thread.start()
 
     def observe_frame(self, frame):
-        """Queue one row per face of a published ``camera.Frame`` (in the capture thread; no I/O)."""
+        """Queue one row per face of a published ``capture.camera.Frame`` (in the capture thread; no I/O)."""
         if frame.placeholder or not frame.faces:
             return
         now, mono = self.clock(), self.monotonic()

@@ -2,7 +2,7 @@
 
 ``resolve_source`` turns the ``--source`` setting into something OpenCV
 opens (falling back to the demo clip without a webcam); ``VideoSource``
-reads it frame by frame for the capture thread of ``camera.Camera``.
+reads it frame by frame for the capture thread of ``capture.camera.Camera``.
 Nothing here processes or publishes a frame.
 """
 import logging

@@ -1,6 +1,6 @@
 """The expression classifier: batched inference on face crops through a compiled path.
 
-``Classifier`` runs a model from ``model_files.load_model`` through
+``Classifier`` runs a model from ``model.files.load_model`` through
 TensorFlow Lite (float32 or int8 weights) or a traced ``tf.function``,
 scales its input as the model expects and applies its softmax temperature.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from atomic import write_atomic
-from config import BACKENDS
-from model_files import ModelInfo, _first_line, load_model
+from fer_server.atomic import write_atomic
+from fer_server.config import BACKENDS
+from fer_server.model.files import ModelInfo, first_line, load_model
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Classifier:
     activations quantised per batch at run time), which XNNPACK runs with
     int8 kernels: several times faster than float32 on CPUs with VNNI,
     hardly faster on AVX2-only ones, with probabilities a few hundredths off
-    the float model's (README "Benchmarks" has the figures per CPU).  If
+    the float model's (docs/benchmarks.md has the figures per CPU).  If
     conversion fails (an unusual custom model), the TFLite backends fall
     back to ``tf.function``.
 
@@ -141,7 +141,7 @@ class Classifier:
                 self._input = self._interpreter.get_input_details()[0]["index"]
                 self._output = self._interpreter.get_output_details()[0]["index"]
             except Exception as e:  # noqa: BLE001 - any converter failure: fall back
-                log.warning("TensorFlow Lite conversion failed (%s); using tf.function", _first_line(e))
+                log.warning("TensorFlow Lite conversion failed (%s); using tf.function", first_line(e))
                 self.backend = "tf.function"
         if self.backend == "tf.function":
             import tensorflow as tf

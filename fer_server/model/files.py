@@ -17,7 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from atomic import write_atomic
+from fer_server.atomic import write_atomic
+from fer_server.model.keras2 import MODEL_CLASSES, keras2_config_to_keras3
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ TEMPERATURE_KEY = "temperature"
 #: Layers that would run code stored in the model file (or load other files): never loaded.
 REFUSED_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "__lambda__"})
 
-#: Model classes a Keras config may hold (nested models included).
-MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 
 #: File name endings of whole saved models (architecture and weights in one file).
 WHOLE_MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -158,7 +157,7 @@ def load_model(model_path, weights_path=None, *, input_range=None, class_names=N
     except OSError as e:
         raise ModelLoadError(f"Cannot read the model architecture {model_path}: {e.strerror}.") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{model_path} is not a Keras JSON model architecture ({_first_line(e)}).") from None
+        raise ModelLoadError(f"{model_path} is not a Keras JSON model architecture ({first_line(e)}).") from None
     model = model_from_config(config, model_path)
     info = _model_info(model, config, model_path, input_range, class_names)
     if not weights_path.is_file():
@@ -168,7 +167,7 @@ def load_model(model_path, weights_path=None, *, input_range=None, class_names=N
             load_classic_weights(model, f, weights_path, model_path)
     except OSError as e:
         raise ModelLoadError(f"Cannot read the model weights {weights_path}: not an HDF5 file "
-                             f"({_first_line(e)}).") from None
+                             f"({first_line(e)}).") from None
     return model, info
 
 
@@ -191,7 +190,7 @@ def model_from_config(config, path):
         model = keras.models.model_from_json(json.dumps(config))
     except Exception as e:  # noqa: BLE001 - any Keras complaint: one sentence
         raise ModelLoadError(f"{path} is not a Keras JSON model architecture Keras can build "
-                             f"({_first_line(e)}).") from None
+                             f"({first_line(e)}).") from None
     return model
 
 
@@ -236,99 +235,6 @@ def check_safe_config(config, path):
                 walk(value)
 
     walk(config)
-
-
-def keras2_config_to_keras3(config):
-    """Translate a Keras 2 / tf.keras 2.x model config into one Keras 3's ``model_from_json`` reads.
-
-    ``Sequential`` (with ``batch_input_shape`` or ``input_shape`` on its
-    first layer, or a leading ``InputLayer``) and ``Functional`` /
-    ``Model`` configs, nested ones included.  Per layer: ``InputLayer``'s
-    ``batch_input_shape`` becomes ``batch_shape``; a first layer's input
-    shape becomes a leading ``InputLayer``; a dtype policy becomes its name
-    (``mixed_*`` becomes float32); ``BatchNormalization``'s one-element
-    ``axis`` list becomes an int; arguments the Keras 3 class does not take
-    (``fused``, ``renorm=False``...) are dropped, with a warning when not
-    ``None``/``False``.  The input is not modified.  Run
-    ``check_safe_config`` first: classes are looked up in ``keras.layers``.
-
-    Returns:
-        A new config dict with ``module`` keys.
-    """
-    name, inner = config["class_name"], config["config"]
-    if name == "Sequential":
-        layers = inner if isinstance(inner, list) else inner.get("layers", [])
-        out = []
-        for i, layer in enumerate(layers):
-            if layer["class_name"] in MODEL_CLASSES:
-                out.append(keras2_config_to_keras3(layer))
-                continue
-            layer_config = dict(layer["config"])
-            shape = layer_config.pop("batch_input_shape", None)
-            input_shape = layer_config.pop("input_shape", None)
-            if shape is None and input_shape is not None:
-                shape = [None, *input_shape]
-            if layer["class_name"] == "InputLayer":
-                layer_config["batch_shape"] = layer_config.get("batch_shape", shape)
-            elif i == 0 and shape is not None:
-                out.append(_keras3_layer("InputLayer", {"batch_shape": shape, "dtype": "float32",
-                                                         "name": f"{layer_config.get('name', 'layer')}_input"}))
-            out.append(_keras3_layer(layer["class_name"], layer_config))
-        model_name = "sequential" if isinstance(inner, list) else inner.get("name", "sequential")
-        return {"module": "keras", "class_name": "Sequential", "config": {"name": model_name, "layers": out},
-                "registered_name": None}
-    layers = []
-    for layer in inner["layers"]:
-        if layer["class_name"] in MODEL_CLASSES:
-            translated = keras2_config_to_keras3(layer)
-        else:
-            layer_config = dict(layer["config"])
-            if layer["class_name"] == "InputLayer":
-                layer_config["batch_shape"] = layer_config.pop("batch_input_shape", layer_config.get("batch_shape"))
-            translated = _keras3_layer(layer["class_name"], layer_config)
-        translated.update(name=layer.get("name", translated["config"].get("name")),
-                          inbound_nodes=layer.get("inbound_nodes", []))
-        layers.append(translated)
-    ends = {key: inner[key][0] if len(inner.get(key, [])) == 1 and isinstance(inner[key][0], list) else inner[key]
-            for key in ("input_layers", "output_layers") if key in inner}  # one input: Keras 3 wants it bare
-    return {"module": "keras.src.models.functional", "class_name": "Functional",
-            "config": {**inner, **ends, "layers": layers}, "registered_name": "Functional"}
-
-
-def _keras3_layer(class_name, layer_config):
-    import keras
-
-    layer_config = dict(layer_config)
-    layer_config.pop("batch_input_shape", None)
-    layer_config.pop("input_shape", None)
-    dtype = layer_config.get("dtype")
-    if isinstance(dtype, dict):
-        dtype = (dtype.get("config") or {}).get("name", "float32")
-    if isinstance(dtype, str) and dtype.startswith("mixed"):
-        dtype = "float32"
-    if dtype is not None:
-        layer_config["dtype"] = dtype
-    if class_name == "BatchNormalization" and isinstance(layer_config.get("axis"), list) \
-            and len(layer_config["axis"]) == 1:
-        layer_config["axis"] = layer_config["axis"][0]
-    accepted = _accepted_arguments(getattr(keras.layers, class_name))
-    for key in [k for k in layer_config if k not in accepted]:
-        value = layer_config.pop(key)
-        if value not in (None, False):
-            log.warning("layer %s: dropping the Keras 2 argument %s=%r, which Keras 3 does not take",
-                        layer_config.get("name"), key, value)
-    return {"module": "keras.layers", "class_name": class_name, "config": layer_config, "registered_name": None}
-
-
-def _accepted_arguments(cls):
-    import inspect
-
-    names = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
-                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    return names - {"self"}
 
 
 def load_classic_weights(model, group, weights_path, model_path):
@@ -380,9 +286,9 @@ def _load_whole_h5(path):
             model = model_from_config(config, path)
             load_classic_weights(model, f, path, path)
     except OSError as e:
-        raise ModelLoadError(f"Cannot read the model {path}: not an HDF5 file ({_first_line(e)}).") from None
+        raise ModelLoadError(f"Cannot read the model {path}: not an HDF5 file ({first_line(e)}).") from None
     except ValueError as e:
-        raise ModelLoadError(f"{path} is not a whole saved Keras model ({_first_line(e)}).") from None
+        raise ModelLoadError(f"{path} is not a whole saved Keras model ({first_line(e)}).") from None
     return model
 
 
@@ -395,14 +301,14 @@ def _load_keras_archive(path):
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ModelLoadError(f"{path} is not a Keras .keras model archive ({_first_line(e)}).") from None
+        raise ModelLoadError(f"{path} is not a Keras .keras model archive ({first_line(e)}).") from None
     if not (isinstance(config, dict) and config.get("class_name") in MODEL_CLASSES):
         raise ModelLoadError(f"{path} is not a Keras .keras model archive (no model at its top level).")
     check_safe_config(config, path)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"{path} cannot be loaded by Keras ({_first_line(e)}).") from None
+        raise ModelLoadError(f"{path} cannot be loaded by Keras ({first_line(e)}).") from None
 
 
 def _model_info(model, metadata, path, input_range, class_names):
@@ -484,7 +390,7 @@ def write_model_metadata(model_path, **items):
     try:
         config = json.loads(model_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"Cannot read the model architecture {model_path} ({_first_line(e)}).") from None
+        raise ModelLoadError(f"Cannot read the model architecture {model_path} ({first_line(e)}).") from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{model_path} is not a Keras JSON model architecture.")
     if TEMPERATURE_KEY in items:
@@ -529,6 +435,6 @@ def save_classic_weights(model, path):
                                      shuffle=True, compression="gzip")
 
 
-def _first_line(exc):
+def first_line(exc):
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

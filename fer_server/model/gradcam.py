@@ -40,7 +40,7 @@ def member_prefix(name):
 
 
 class GradCam:
-    """Grad-CAM of a ``classifier.Classifier``'s Keras model.
+    """Grad-CAM of a ``model.classifier.Classifier``'s Keras model.
 
     In an ensemble (``train.model.build_ensemble``) the explained layer
     belongs to one member: its class score is that member's logit, and its
@@ -101,6 +101,21 @@ class GradCam:
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
 
+    def scores(self, crops):
+        """The class scores Grad-CAM differentiates, ``(N, C)`` float32, for ``(N, H, W, C)`` crops in [0, 1].
+
+        For a single network (the shipped model) these are the served
+        logits: their softmax is ``Classifier.model``'s output.  For a member
+        of an ensemble they are that member's logits only.
+        """
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(self.classifier.model_input(np.asarray(crops)), tf.float32)
+        score = tf.cast(self._model(x, training=False)[1], tf.float32)
+        if self._dense is not None:
+            score = tf.matmul(score, tf.cast(self._dense.kernel, tf.float32)) + tf.cast(self._dense.bias, tf.float32)
+        return score.numpy()
+
     def heatmaps(self, crops, classes):
         """Grad-CAM maps of ``crops`` for ``classes``.
 
@@ -130,7 +145,7 @@ class GradCam:
         return out
 
     def explain(self, faces):
-        """``{"class": name, "heatmap": PNG data URL}`` for each ``pipeline.Face`` (None without a crop).
+        """``{"class": name, "heatmap": PNG data URL}`` for each ``vision.frames.Face`` (None without a crop).
 
         The PNG is ``heatmap_png`` of the face's map for its predicted class.
         """

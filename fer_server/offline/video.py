@@ -15,49 +15,11 @@ from pathlib import Path
 
 import cv2
 
-from atomic import temporary_path
-from sources import SourceError, check_video_file
-
-#: The CSV columns: seconds and pixels, then one probability column per class.
-CSV_COLUMNS = ("frame", "time_s", "face_id", "x", "y", "w", "h", "label", "confidence")
-
-
-def csv_header(labels):
-    """``CSV_COLUMNS`` plus one lower-case probability column per class name in ``labels``."""
-    return CSV_COLUMNS + tuple(name.lower() for name in labels)
-
-
-def face_row(frame, time_s, face, labels):
-    """One CSV row (``csv_header``'s columns) of one ``pipeline.Face``.
-
-    Args:
-        frame: frame number (int).
-        time_s: seconds into the video (rounded to ms).
-        face: the ``pipeline.Face``.
-        labels: class names, in column order.
-
-    Returns:
-        A list: ints for the frame, id and box, floats for time (3 places)
-        and confidence and probabilities (4 places), the label string.
-    """
-    return [frame, round(time_s, 3), face.id, *(int(v) for v in face.box), face.label,
-            round(float(face.confidence), 4), *(round(float(face.probabilities[name]), 4) for name in labels)]
-
+from fer_server.atomic import temporary_path
+from fer_server.capture.sources import SourceError, check_video_file
+from fer_server.face_csv import csv_header, face_row
 
 FOURCC_BY_SUFFIX = {".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".mp4": "mp4v", ".m4v": "mp4v"}
-
-
-def ensure_writable_folder(folder):
-    """Create ``folder`` (and its parents) if needed and check that a file can be written in it.
-
-    Raises:
-        OSError: whose ``strerror`` says why (the caller names the folder's role).
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".write-test.partial{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
 
 
 def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, require_all_frames=False):
@@ -65,7 +27,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
 
     Args:
         source: path of a video file.
-        pipeline: a ``pipeline.FramePipeline`` (tracking and smoothing apply).
+        pipeline: a ``vision.pipeline.FramePipeline`` (tracking and smoothing apply).
         output: annotated video path (same size and frame rate as the
             input; MPEG-4 Part 2 for .mp4/.mov/.mkv, Motion JPEG for .avi).
         csv_path: one row per face per frame: ``frame,time_s,face_id,x,y,w,h,
@@ -124,7 +86,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
                     annotated, faces = pipeline.process(frame)
                     writer.write(annotated)
                 else:  # nothing to draw on: skip the copy and the drawing
-                    faces = pipeline.analyse(frame)
+                    faces = pipeline.find_faces(frame)
                 for face in faces:
                     counts[face.label] += 1
                     confidence_sum += face.confidence

@@ -36,7 +36,7 @@ class FaceTracker:
     """Detect every ``detect_every`` frames, follow faces in between.
 
     Args:
-        detector: a ``pipeline.FaceDetector``.
+        detector: a ``vision.detector.FaceDetector``.
         detect_every: frames between full-frame detections (k); 1 detects
             on every frame.  A face entering the picture is found within k
             frames.

@@ -1,19 +1,19 @@
 """The Flask application: the page, the health check and the JSON API.
 
 The two live streams, ``/video_feed`` and ``/api/events``, are served by
-``server.py`` from uvicorn's event loop, in front of this app.
+``web.server.py`` from uvicorn's event loop, in front of this app.
 """
 import threading
 
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from builders import build_cameras, build_pipeline
-from cameras import Cameras, UnknownSourceError
-from config import Config
-from guards import too_large_message
-from images import ImageError, decode_image
-from payloads import faces_payload, live_payload, model_name, with_explanations
+from fer_server.builders import build_cameras, build_pipeline
+from fer_server.capture.camera_set import Cameras, UnknownSourceError
+from fer_server.config import ROOT, Config
+from fer_server.web.guards import too_large_message
+from fer_server.web.uploads import ImageError, decode_image
+from fer_server.web.payloads import faces_payload, live_payload, model_name, with_explanations
 
 
 def create_app(config=None, camera=None):
@@ -21,9 +21,9 @@ def create_app(config=None, camera=None):
 
     Args:
         config: a ``config.Config``; defaults to ``Config()``.
-        camera: an existing ``camera.Camera`` serving the first source (the
+        camera: an existing ``capture.camera.Camera`` serving the first source (the
             other ``config.source`` values, and if None the first, are opened
-            here by ``builders.build_cameras``), or a whole ``cameras.Cameras``.
+            here by ``builders.build_cameras``), or a whole ``capture.camera_set.Cameras``.
 
     Routes (``source=<name>`` picks a source; without it, the first; an
     unknown name gets 404 JSON):
@@ -36,14 +36,14 @@ def create_app(config=None, camera=None):
         ``GET /api/faces?source=``: the faces of the latest frame.
         ``?explain=1`` on ``/api/faces`` and ``/api/predict`` adds to each face an
             ``explanation``: ``{"class": label, "heatmap": "data:image/png;base64,..."}``,
-            its Grad-CAM map (``explain.GradCam``) over the classifier's crop.
+            its Grad-CAM map (``model.gradcam.GradCam``) over the classifier's crop.
         ``GET /api/history?source=&seconds=60``: the recorded rows of the
-            last ``seconds`` (at most ``recording.HISTORY_S``), with
+            last ``seconds`` (at most ``capture.recording.HISTORY_S``), with
             ``--record`` only (404 JSON otherwise).
         ``POST /api/predict``: the faces of one uploaded image (multipart field
             ``image``, or the raw bytes with an ``image/*`` content type).
         Errors under ``/api/`` are JSON ``{"error": "..."}`` with a 4xx status.
-        ``/video_feed`` and ``/api/events`` are ``server.LiveStreams``'.
+        ``/video_feed`` and ``/api/events`` are ``web.server.LiveStreams``'.
     """
     config = config or Config()
     cameras = camera if isinstance(camera, Cameras) else build_cameras(config, first=camera)
@@ -62,12 +62,12 @@ def create_app(config=None, camera=None):
             return payload
         with explainer_lock:
             if not explainers:
-                from explain import GradCam
+                from fer_server.model.gradcam import GradCam
 
                 explainers.append(GradCam(classifier))
         return with_explanations(payload, explainers[0].explain(faces))
 
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder=str(ROOT / "templates"))
     app.json.sort_keys = False  # probabilities stay in the model's class order
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.extensions["camera"] = camera
@@ -148,7 +148,7 @@ def create_app(config=None, camera=None):
                              "with an image/* content type", status=415)
         image = decode_image(data, config.max_image_pixels)
         with image_lock:
-            found = image_pipeline.analyse_image(image)
+            found = image_pipeline.faces_in_image(image)
         return jsonify(explained(faces_payload(found, image.shape[1], image.shape[0], model), found))
 
     return app

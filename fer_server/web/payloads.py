@@ -2,7 +2,7 @@
 import json
 import time
 
-from mjpeg import event_message
+from fer_server.capture.mjpeg import event_message
 
 
 def model_name(classifier):
@@ -14,7 +14,7 @@ def faces_payload(faces, width, height, model):
     """The JSON shape shared by ``/api/predict``, ``/api/faces`` and ``/api/events``.
 
     Args:
-        faces: ``pipeline.Face`` list.
+        faces: ``vision.frames.Face`` list.
         width, height: image size in pixels (None before a first frame).
         model: the model's name.
     """
@@ -23,7 +23,7 @@ def faces_payload(faces, width, height, model):
 
 
 def with_explanations(payload, explanations):
-    """Add each face's ``explain.GradCam.explain`` entry (when not None) as its ``explanation``; returns ``payload``."""
+    """Add each face's ``model.gradcam.GradCam.explain`` entry (when not None) as its ``explanation``; returns ``payload``."""
     for face, explanation in zip(payload["faces"], explanations):
         if explanation is not None:
             face["explanation"] = explanation
@@ -34,10 +34,10 @@ def live_payload(camera, frame, model, name=None):
     """The JSON of ``/api/faces`` and ``/api/events``: ``faces_payload`` plus the source's state.
 
     Args:
-        camera: the ``camera.Camera``.
-        frame: its ``camera.Frame`` to describe, or None before the first one.
+        camera: the ``capture.camera.Camera``.
+        frame: its ``capture.camera.Frame`` to describe, or None before the first one.
         model: the model's name.
-        name: the source's name in URLs (``cameras.Cameras``), sent as ``name`` when given.
+        name: the source's name in URLs (``capture.camera_set.Cameras``), sent as ``name`` when given.
     """
     payload = faces_payload(frame.faces if frame else [], frame.width if frame else None,
                             frame.height if frame else None, model)

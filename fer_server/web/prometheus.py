@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-#: Source states, as ``camera.Camera.state`` names them.
+#: Source states, as ``capture.camera.Camera.state`` names them.
 STATES = ("idle", "streaming", "reconnecting", "ended", "error")
 #: Paths counted under their own name in ``fer_http_requests_total``; every other is ``other``.
 ROUTES = ("/", "/video_feed", "/api/events", "/api/faces", "/api/predict", "/healthz", "/metrics")
@@ -52,8 +52,8 @@ class Metrics:
     """The figures of one server: its camera's, its frames' and its HTTP answers'.
 
     Args:
-        camera: the ``camera.Camera``; ``observe_frame`` is added as one of
-            its frame observers by the caller (``camera.add_frame_observer``).
+        camera: the ``capture.camera.Camera``; ``observe_frame`` is added as one of
+            its frame observers by the caller (``capture.camera.add_frame_observer``).
     """
 
     def __init__(self, camera):
@@ -67,7 +67,7 @@ class Metrics:
                                 registry=self.registry)
 
     def observe_frame(self, frame):
-        """Record one published ``camera.Frame``: its stage timings (ms) and face count."""
+        """Record one published ``capture.camera.Frame``: its stage timings (ms) and face count."""
         for stage, ms in frame.timings.items():
             self.stage_seconds.labels(stage).observe(ms / 1e3)
         if frame.timings:  # placeholders have no timings and no faces worth counting

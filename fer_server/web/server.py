@@ -1,7 +1,7 @@
 """The HTTP server of ``python main.py``: the live streams from one event loop, the rest through Flask.
 
 ``create_asgi_app`` puts an ASGI front on the Flask app of
-``app.create_app``.  The two long-lived streams, ``GET /video_feed``
+``web.app.create_app``.  The two long-lived streams, ``GET /video_feed``
 (MJPEG, ``multipart/x-mixed-replace``) and ``GET /api/events``
 (server-sent events), are answered by coroutines on uvicorn's event loop
 (``LiveStreams``); every other request goes to Flask, which runs in a pool
@@ -12,7 +12,7 @@ viewer's thread, and the threads queue for the GIL.  Here the camera's
 capture thread resolves one future on the loop per frame
 (``Camera.add_listener`` with ``loop.call_soon_threadsafe``), and each
 viewer's coroutine wakes on it and writes the frame's bytes, encoded once
-(``Frame.part``).  The README's Benchmarks section gives the cost per
+(``Frame.part``).  docs/benchmarks.md gives the cost per
 viewer (``python -m bench.clients``).
 """
 import asyncio
@@ -20,12 +20,12 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from cameras import Cameras, UnknownSourceError
+from fer_server.capture.camera_set import Cameras, UnknownSourceError
 
-from guards import TokenGate, buffer_body, content_length, refuse, too_large_message
-from metrics import Metrics
-from mjpeg import EVENTS_PREAMBLE, EVENTS_TYPE, STREAM_HEADERS, VIDEO_FEED_TYPE, mjpeg_part
-from payloads import events_renderer, model_name
+from fer_server.web.guards import TokenGate, buffer_body, content_length, refuse, too_large_message
+from fer_server.web.prometheus import Metrics
+from fer_server.capture.mjpeg import EVENTS_PREAMBLE, EVENTS_TYPE, STREAM_HEADERS, VIDEO_FEED_TYPE, mjpeg_part
+from fer_server.web.payloads import events_renderer, model_name
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,14 @@ def _headers(content_type, extra=None):
 
 
 class LiveStreams:
-    """The live streams of one ``camera.Camera``, served to any number of viewers from one event loop.
+    """The live streams of one ``capture.camera.Camera``, served to any number of viewers from one event loop.
 
     Args:
         camera: the ``Camera`` whose frames are streamed.
         max_clients: viewers beyond this many (of both streams together)
             get 503 with a JSON error and ``Retry-After: 10``.
         events_renderer: ``() -> render`` giving each ``/api/events`` client
-            its ``render(frame) -> str`` (``payloads.events_renderer``).
+            its ``render(frame) -> str`` (``web.payloads.events_renderer``).
         keepalive_s: seconds without a frame after which each viewer is sent
             the latest frame again (a live source reconnecting), so its
             picture stays and a vanished client's slot is freed.
@@ -74,7 +74,7 @@ class LiveStreams:
         """ASGI handler of ``GET /video_feed``: one MJPEG part per new frame (``HEAD``: the headers).
 
         A frame sent again as a keep-alive goes out as a ``keepalive`` part
-        (``mjpeg.PART_KINDS``).
+        (``capture.mjpeg.PART_KINDS``).
         """
         await self._stream(scope, receive, send, VIDEO_FEED_TYPE,
                            lambda frame, again: mjpeg_part(frame.jpeg, "keepalive") if again else frame.part)
@@ -185,25 +185,25 @@ def create_asgi_app(app, cameras, config, render_events=None):
     """The ASGI application of the server.
 
     Args:
-        app: the Flask app of ``app.create_app`` (every route but the streams).
-        cameras: the ``cameras.Cameras`` to stream, by name; the first one
+        app: the Flask app of ``web.app.create_app`` (every route but the streams).
+        cameras: the ``capture.camera_set.Cameras`` to stream, by name; the first one
             also serves the routes without a source name.  A single
-            ``camera.Camera`` is served as ``cam0``.
+            ``capture.camera.Camera`` is served as ``cam0``.
         config: the ``config.Config``: ``max_clients``, ``events_interval_s``,
             ``max_upload_bytes``, and ``token`` (None: no token asked).
         render_events: ``() -> render(frame) -> str`` for ``/api/events``
-            of the first source (default: ``payloads.events_renderer`` of ``camera``).
+            of the first source (default: ``web.payloads.events_renderer`` of ``camera``).
 
     Returns:
         An ASGI callable.  From the outside in: the request counter of
-        ``/metrics``; with ``config.token``, the ``guards.TokenGate`` (401
+        ``/metrics``; with ``config.token``, the ``web.guards.TokenGate`` (401
         without the token; ``/healthz`` open); a body over
         ``max_upload_bytes`` refused with 413 (by its ``Content-Length``,
         or while it is read); then ``/video_feed``, ``/video_feed/<name>``
         and ``/api/events[?source=<name>]`` go to that source's
         ``LiveStreams`` (405 to methods other than ``GET`` and ``HEAD``; 404
         JSON for an unknown name), ``/metrics`` (the first source's
-        figures) to ``metrics.Metrics``, and every other request, its body
+        figures) to ``web.prometheus.Metrics``, and every other request, its body
         read first, to Flask through a pool of ``max_clients + 8`` threads.
         Its ``streams`` attribute is the first source's ``LiveStreams``,
         ``all_streams`` every source's by name, ``metrics`` the ``Metrics``.
@@ -273,7 +273,7 @@ def create_asgi_app(app, cameras, config, render_events=None):
 def serve(app, cameras, config, listener, log_level="info"):
     """Serve ``create_asgi_app(app, cameras, config)`` with uvicorn on ``listener`` until Ctrl-C.
 
-    ``listener`` is a bound, listening socket (``main.bind``), so the port
+    ``listener`` is a bound, listening socket (``cli.bind``), so the port
     is known to be free before the model loads.
 
     uvicorn takes uvloop and httptools when they are installed (they are on

@@ -1,0 +1,208 @@
+"""Batch engines: the same ``jobs.process_video`` in this process, in a crash-retrying pool
+of spawned worker processes, or in Ray Data actors on a cluster.  Nothing here imports Ray
+unless asked.
+"""
+import json
+import os
+import re
+import socket
+from dataclasses import asdict
+
+from fer_server.config import PACKAGE
+from fer_server.offline.jobs import (BatchInputError, Job, empty_row, process_video, remove_job_partials,
+                                    write_record)
+
+def build_worker_pipeline(config, threads=1):
+    """The configured pipeline with ``threads`` TFLite threads and as many OpenCV threads.
+
+    Sets ``OMP_NUM_THREADS`` and TensorFlow's intra-/inter-op thread counts
+    too, so that call it before anything else in the process uses TensorFlow.
+
+    Raises:
+        model_files.ModelLoadError: the model files cannot be loaded.
+    """
+    import cv2
+
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[name] = str(threads)
+    cv2.setNumThreads(threads)
+    from fer_server.model.classifier import quiet_tensorflow
+
+    with quiet_tensorflow():
+        import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already initialised in this process
+        pass
+    from fer_server.builders import build_classifier, build_pipeline
+
+    with quiet_tensorflow():
+        classifier = build_classifier(config, threads)
+    return build_pipeline(config, classifier=classifier)
+
+
+_worker = {}
+
+
+def _init_pool_worker(config, labels, started, run):
+    _worker.update(pipeline=build_worker_pipeline(config), labels=labels, started=started, run=run)
+
+
+def _pool_task(job):
+    _worker["started"].put(job.video)  # SimpleQueue: written before the video starts, even if it then crashes
+    try:
+        return _worker["run"](job, _worker["pipeline"], _worker["labels"])
+    except KeyboardInterrupt:  # its temporaries are removed; exit before the pool hands over the next video
+        os._exit(130)
+
+
+class RayVideoWorker:
+    """A Ray Data actor (``map_batches`` callable class): loads the model once, then one video per call.
+
+    Each batch is ``{"job": [JSON of a Job], ...}``; the result is
+    ``{"row": [JSON of its summary row], ...}`` (strings keep Arrow's
+    schema fixed whether a row is ok or an error).
+    """
+
+    def __init__(self, config, labels):
+        self.pipeline = build_worker_pipeline(config)
+        self.labels = labels
+
+    def __call__(self, batch):
+        rows = [process_video(Job(**json.loads(text)), self.pipeline, self.labels) for text in batch["job"]]
+        return {"row": [json.dumps(row) for row in rows]}
+
+
+def check_ray_address(address, timeout_s=5.0):
+    """Fail fast on an unreachable ``host:port`` (``ray.init`` would wait long for it).
+
+    Raises:
+        BatchInputError: nothing answers at that address.
+    """
+    match = re.fullmatch(r"(?:[a-z]+://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
+    if not match:
+        return  # "auto" and the like: ray.init decides
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout_s).close()
+    except OSError as e:
+        raise BatchInputError(f"cannot reach the Ray cluster at {address} ({e})") from None
+
+
+def start_ray(address, num_cpus=None):
+    """Connect to the Ray cluster at ``address`` or, for ``""``/None, start a local instance.
+
+    A Ray already initialised in this process (a test's ``ray.init(num_cpus=2)``)
+    is used as it is.  Workers get this project on ``PYTHONPATH`` (so it must
+    be at the same path on every node) and one thread per library.
+
+    Returns:
+        True when this call started or connected Ray (the caller shuts it down).
+
+    Raises:
+        BatchInputError: Ray is not installed, or the cluster cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise BatchInputError("--ray needs Ray: pip install -r requirements-ray.txt") from None
+    if ray.is_initialized():
+        return False
+    env = {"PYTHONPATH": str(PACKAGE.parent), "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+           "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if address:
+        check_ray_address(address)
+    try:
+        ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise BatchInputError(f"cannot connect to Ray at {address or 'a new local instance'} ({e})") from None
+    return True
+
+
+def ray_rows(todo, config, labels, workers):
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    dataset = ray.data.from_items([{"job": json.dumps(asdict(job))} for job in todo],
+                                  override_num_blocks=len(todo))
+    dataset = dataset.map_batches(RayVideoWorker, fn_constructor_kwargs={"config": config, "labels": labels},
+                                  batch_size=1, num_cpus=1, zero_copy_batch=True,
+                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(size, len(todo))))
+    for item in dataset.iter_rows():
+        yield json.loads(item["row"])
+
+
+def pool_rows(todo, config, labels, workers, executors, run=process_video):
+    """Rows from a spawned process pool; ``run(job, pipeline, labels)`` is the per-video work.
+
+    A worker that dies (a crash in a decoder, the OOM killer) breaks the
+    pool: each video that was being analysed then is run again alone in a
+    fresh worker, and gets an error row if that one dies too; the videos not
+    yet begun go to a new pool.
+
+    Raises:
+        RuntimeError: the workers died before starting any video (model loading).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    started = context.SimpleQueue()
+
+    def pool_round(jobs, size):
+        """Yield the rows of ``jobs``; return ``(lost jobs, videos begun)``."""
+        executor = ProcessPoolExecutor(size, mp_context=context, initializer=_init_pool_worker,
+                                       initargs=(config, labels, started, run))
+        executors.append(executor)
+        futures = {executor.submit(_pool_task, job): job for job in jobs}
+        lost = []
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                lost.append(futures[future])
+        executor.shutdown()
+        begun = set()
+        while not started.empty():
+            begun.add(started.get())
+        for job in lost:
+            remove_job_partials(job)
+        if lost and not begun.intersection(job.video for job in lost):
+            raise RuntimeError("the worker processes died before analysing any video")
+        return lost, begun
+
+    pending = list(todo)
+    while pending:
+        lost, begun = yield from pool_round(pending, min(workers, len(pending)))
+        for job in (job for job in lost if job.video in begun):
+            crashed, _ = yield from pool_round([job], 1)
+            if crashed:
+                row = empty_row(job, labels, "the worker process died while analysing it, twice")
+                write_record(job, row)
+                yield row
+        pending = [job for job in lost if job.video not in begun]
+
+
+def serial_rows(todo, config, labels):
+    from fer_server.builders import build_pipeline
+
+    pipeline = build_pipeline(config)
+    for job in todo:
+        yield process_video(job, pipeline, labels)
+
+
+def stop_pool(executors):
+    """Ctrl-C: pass SIGINT on to pool workers (their temporaries are removed as it unwinds), then wait."""
+    import signal
+
+    for executor in executors:
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        executor.shutdown(wait=True, cancel_futures=True)
