@@ -217,19 +217,20 @@ def main(argv=None):
 
 def serve(config, listener, debug, started):
     """Load the model, open the source and serve on ``listener`` until Ctrl-C; returns the exit code."""
-    from fer_server.web.app import create_app
+    from fer_server.builders import build_cameras
     from fer_server.model.classifier import quiet_tensorflow
+    from fer_server.web.app import create_app
     from fer_server.model.files import ModelLoadError
     from fer_server.web.server import serve as run_server
     from fer_server.capture.sources import SourceError
 
     try:
         with quiet_tensorflow():
-            app = create_app(config)  # every source's camera (builders.build_cameras)
+            cameras = build_cameras(config)  # every source's camera, one shared classifier
     except (ModelLoadError, SourceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cameras = app.extensions["cameras"]
+    app = create_app(config, cameras)
     app.debug = debug  # Flask's tracebacks in the log
     logging.info("serving %s on %s (ready %.1f s after start)",
                  ", ".join(f"{name}: {camera.name}" for name, camera in cameras), server_url(config),
