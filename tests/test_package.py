@@ -30,6 +30,18 @@ def test_the_wheel_holds_only_the_package_with_its_shipped_files(tmp_path):
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fer-server = fer_server.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
+    # installed (not editable) and run from another folder, it finds its shipped files inside itself
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import fer_server.config as c\n"
+            "k = c.Config()\n"
+            "print(c.ROOT.relative_to(c.PACKAGE), k.model_path.is_file(), k.weights_path.is_file(),\n"
+            "      k.demo_clip.is_file(), (c.ROOT / 'templates' / 'index.html').is_file())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["data", "True", "True", "True", "True"]
+
 
 def test_importing_the_package_and_its_config_leaves_tensorflow_out():
     code = "import sys, fer_server, fer_server.config; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
