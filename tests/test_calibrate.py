@@ -54,3 +54,39 @@ def test_calibrate_writes_the_temperature(tmp_path, capsys):
     assert result["after"]["accuracy"] == result["before"]["accuracy"]
     _, info = load_model(tmp_path / "model.json")
     assert info.temperature == pytest.approx(result["temperature"], abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--split", "PrivateTest"], "PrivateTest is the withheld acceptance split"),
+    (["--split", "PrivateTest", "--write"], "PrivateTest is the withheld acceptance split"),
+    (["--split", "Training", "--write"], "fitted on PublicTest only"),
+])
+def test_calibrate_fits_nothing_on_privatetest(tmp_path, capsys, argv, words):
+    """Refused before any file is read: the CSV and model named here do not exist."""
+    from train.calibrate import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--data", str(tmp_path / "absent.csv"), "--model", str(tmp_path / "absent.json"), *argv])
+    assert info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_calibrate_never_reads_privatetest_rows(tmp_path, capsys, monkeypatch):
+    """A CSV with PrivateTest rows: the report covers PublicTest alone."""
+    from fer_server.model.files import save_model
+    from train import calibrate
+    from train.model import build_model
+
+    save_model(build_model(7, width=4), tmp_path / "model.json", tmp_path / "model_weights.h5")
+    rng = np.random.default_rng(0)
+    rows = ["emotion,pixels,Usage"] + [f"{rng.integers(7)},{' '.join(map(str, rng.integers(0, 256, 2304)))},{usage}"
+                                      for usage in ["PublicTest"] * 10 + ["PrivateTest"] * 6]
+    (tmp_path / "fer.csv").write_text("\n".join(rows) + "\n")
+    seen = []
+    real_predict = calibrate.predict
+    monkeypatch.setattr(calibrate, "predict", lambda classifier, images: seen.append(len(images)) or
+                        real_predict(classifier, images))
+    calibrate.main(["--data", str(tmp_path / "fer.csv"), "--model", str(tmp_path / "model.json"),
+                    "--backend", "tf.function", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert seen == [10] and result["n"] == 10 and "held_out" not in result

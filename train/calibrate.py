@@ -5,8 +5,10 @@
 Finds the temperature ``T`` > 0 that minimises the negative log-likelihood
 of ``softmax(log(p) / T)`` on the split (a golden-section search on
 ``log T``), and prints the expected calibration error (ECE, 15 equal-width
-confidence bins) and the NLL before and after, on the split and, as a
-held-out check, on PrivateTest.  Labels never change.  ``--write`` stores
+confidence bins) and the NLL before and after on that split.  PrivateTest,
+the withheld acceptance split, is never read: ``--split PrivateTest`` is
+refused, and ``--write`` only stores a temperature fitted on PublicTest.
+Labels never change.  ``--write`` stores
 ``T`` as ``temperature`` in the JSON ``--model`` (atomically), which the
 server then applies to every prediction.  The model's probabilities are
 taken through ``--backend`` (the server's by default), without any
@@ -77,6 +79,11 @@ def main(argv=None):
     p.add_argument("--write", action="store_true", help="store T as 'temperature' in the JSON --model")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
+    if args.split == "PrivateTest":
+        p.error("PrivateTest is the withheld acceptance split: nothing is fitted on it; fit on PublicTest "
+                "(the default) and report PrivateTest once with python -m train.evaluate --split PrivateTest")
+    if args.write and args.split != "PublicTest":
+        p.error(f"--write stores a temperature fitted on PublicTest only, not on {args.split}")
 
     try:
         if args.write and not args.model.lower().endswith(".json"):
@@ -101,15 +108,6 @@ def main(argv=None):
     for name in ("before", "after"):
         r = result[name]
         print(f"  {name:6s} ECE {r['ece']:.4f}  NLL {r['nll']:.4f}  accuracy {r['accuracy']:.4f}")
-    if args.split != "PrivateTest" and "PrivateTest" in data:
-        held_images, held_labels = data["PrivateTest"]
-        held = predict(classifier, held_images)
-        result["held_out"] = {"split": "PrivateTest", "before": scores(held, held_labels),
-                              "after": scores(apply_temperature(held, temperature), held_labels)}
-        print(f"PrivateTest (held out, {len(held_labels)} faces):")
-        for name in ("before", "after"):
-            r = result["held_out"][name]
-            print(f"  {name:6s} ECE {r['ece']:.4f}  NLL {r['nll']:.4f}  accuracy {r['accuracy']:.4f}")
     if args.write:
         write_model_metadata(args.model, temperature=round(temperature, 4))
         print(f"temperature {temperature:.4f} written to {args.model}")
