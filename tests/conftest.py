@@ -124,7 +124,7 @@ def counting_capture():
 def serve(make_app):
     """``serve(config, camera, **uvicorn_options)`` -> (port, the ASGI app): ``server.create_asgi_app``
     served by uvicorn on a free 127.0.0.1 port, in a thread, as ``python main.py`` serves it."""
-    from fer_server.web.server import create_asgi_app, make_server
+    from fer_server.web.server import connection_limit, create_asgi_app, make_server
 
     servers = []
 
@@ -133,6 +133,8 @@ def serve(make_app):
         asgi = create_asgi_app(app, app.extensions["cameras"], config)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
+        cameras = app.extensions["cameras"]
+        options.setdefault("limit_concurrency", connection_limit(config, len(cameras.names)))  # as in production
         server = make_server(asgi, config.request_timeout_s, lifespan="off", log_level="warning", **options)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()

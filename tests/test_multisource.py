@@ -123,3 +123,25 @@ def test_healthz_is_503_only_when_every_source_stalls(make_app, make_camera, pas
     assert response.json["sources"]["a"]["stalled"] is True and response.json["sources"]["b"]["stalled"] is False
     second.state = "error"
     assert client.get("/healthz").status_code == 503
+
+
+def test_max_clients_applies_to_each_source(serve, make_camera, pass_through, clip):
+    """40 viewers of each of two sources are served at once (80 connections: more than one source's 40 + the
+    API's 32, the old server-wide cap); the 41st viewer of a source gets the 503 JSON, the API still answers."""
+    from tests.test_server import wait_for
+
+    cameras = Cameras({"a": make_camera(str(clip), pass_through), "b": make_camera(str(clip), pass_through)})
+    port, _ = serve(Config(max_clients=40), cameras)
+    viewers = []
+    try:
+        for name in ("a", "b"):
+            for _ in range(40):
+                viewers.append(request(port, f"/video_feed/{name}"))
+                assert read_until(viewers[-1], b"\r\n\r\n").startswith(b"HTTP/1.1 200"), (name, len(viewers))
+        assert wait_for(lambda: cameras.get("a").clients == 40 and cameras.get("b").clients == 40)
+        refused = read_until(request(port, "/video_feed/b"), b"}")
+        assert refused.startswith(b"HTTP/1.1 503") and b"limit of 40 viewers" in refused
+        assert read_until(request(port, "/healthz"), b"}}}").startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in viewers:
+            sock.close()

@@ -270,6 +270,21 @@ def create_asgi_app(app, cameras, config, render_events=None):
     return asgi
 
 
+#: Connections beyond the viewers' own limits, for the page, the JSON API and /healthz.
+API_HEADROOM = 32
+
+
+def connection_limit(config, sources):
+    """uvicorn's limit on open connections: ``max_clients`` viewers for each source, plus ``API_HEADROOM``.
+
+    ``--max-clients`` applies to each source (``LiveStreams`` refuses the
+    viewer beyond it with a 503 JSON); this server-wide cap must leave room
+    for every source's viewers at once, or the viewers of one source would
+    use up another's.
+    """
+    return config.max_clients * max(1, sources) + API_HEADROOM
+
+
 def serve(app, cameras, config, listener, log_level="info"):
     """Serve ``create_asgi_app(app, cameras, config)`` with uvicorn on ``listener`` until Ctrl-C.
 
@@ -278,7 +293,7 @@ def serve(app, cameras, config, listener, log_level="info"):
 
     uvicorn takes uvloop and httptools when they are installed (they are on
     Linux and macOS, see requirements.txt).  Connections beyond
-    ``config.max_clients + 32`` get 503; a connection is closed when its
+    ``connection_limit`` (``max_clients`` per source + 32) get 503; a connection is closed when its
     first request has not arrived whole after ``config.request_timeout_s``
     (30 s), or when it stays idle for 5 s after a response; Ctrl-C (or
     SIGTERM) ends the streams, waits up to 3 s for other requests, and
@@ -290,7 +305,8 @@ def serve(app, cameras, config, listener, log_level="info"):
     server = make_server(asgi, request_timeout_s=config.request_timeout_s, **tls,
                          lifespan="off", access_log=log_level == "debug", log_config=None,
                          log_level=log_level, server_header=False,
-                         limit_concurrency=config.max_clients + 32, timeout_graceful_shutdown=3)
+                         limit_concurrency=connection_limit(config, len(cameras.names)),
+                         timeout_graceful_shutdown=3)
     server.run(sockets=[listener])
 
 
