@@ -89,3 +89,29 @@ def test_bench_load_with_viewers_and_api_requests(clip, capsys):
     assert result["api_requests"] >= 2 and 0 < result["api_ms"]["p50"] <= result["api_ms"]["p99"]
     assert len(result["samples"]) >= 1 and all(rss > 0 for rss in result["server_rss_mb"])
     assert "2 viewers + 2 API req/s" in out and "0 viewer errors, 0 API errors" in out
+
+
+def test_entry_points_keep_tensorflows_start_up_lines_off_the_console(tiny_model_files, tmp_path):
+    """``python -m bench.inference`` and ``python -m train.evaluate`` load a model through ``model.files`` and
+    ``model.classifier``, which filter TensorFlow's start-up lines as ``main.py`` does: stderr has none."""
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model, weights = map(str, tiny_model_files)
+    (tmp_path / "Happy").mkdir()
+    cv2.imwrite(str(tmp_path / "Happy" / "a.png"), np.full((96, 96), 128, np.uint8))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "CUDA_"))}
+    for argv in (["-m", "bench.inference", "--seconds", "0.05", "--model", model, "--weights", weights],
+                 ["-m", "train.evaluate", "--data", str(tmp_path), "--model", model, "--weights", weights]):
+        result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=root, env=env,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        noise = [line for line in result.stderr.splitlines()
+                 if any(word in line for word in ("cuda", "cuInit", "oneDNN", "absl::", "cpu_feature_guard",
+                                                  "XNNPACK", "I0000", "W0000"))]
+        assert noise == [], (argv[1], noise)

@@ -8,9 +8,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
-import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -19,46 +16,9 @@ import numpy as np
 from fer_server.atomic import write_atomic
 from fer_server.config import BACKENDS
 from fer_server.model.files import ModelInfo, first_line, load_model
+from fer_server.model.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)
-
-
-#: Start-up lines of TensorFlow and TFLite that say nothing is wrong (see ``quiet_tensorflow``).
-TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |E\d{4} .*(cuda|cuInit)"
-                      r"|INFO: Created TensorFlow Lite XNNPACK delegate|.*INFO Assets written to: )")
-
-
-@contextlib.contextmanager
-def quiet_tensorflow():
-    """Keep TensorFlow's start-up chatter off the console while the model loads.
-
-    TensorFlow's C++ code logs through Abseil before Abseil is initialised,
-    and those lines go straight to file descriptor 2 whatever
-    ``TF_CPP_MIN_LOG_LEVEL`` says: oneDNN and CUDA-stub INFO lines, and on a
-    machine without an NVIDIA driver a ``failed call to cuInit`` ERROR that
-    looks like a fault.  Inside this block, descriptor 2 goes to a temporary
-    file; at its end every line but those (``TF_NOISE``) is written to the
-    real stderr, so a genuine error still shows.  Without an NVIDIA driver,
-    ``CUDA_VISIBLE_DEVICES=-1`` stops TensorFlow from calling ``cuInit`` at
-    all.  Variables the user set are kept.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not os.path.exists("/proc/driver/nvidia"):
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not TF_NOISE.match(line):
-                    print(line, file=sys.stderr)
 
 
 def apply_temperature(probs, temperature):
@@ -116,6 +76,7 @@ class Classifier:
 
     BACKENDS = BACKENDS
 
+    @quiet_tensorflow()
     def __init__(self, model, info, backend="tflite", threads=2):
         if not isinstance(info, ModelInfo):
             info = ModelInfo(tuple(info), tuple(int(d) for d in model.input_shape[1:]))
@@ -153,9 +114,15 @@ class Classifier:
 
     @classmethod
     def from_files(cls, model_path, weights_path=None, *, input_range=None, class_names=None, **kwargs):
-        """``load_model`` (same arguments and ``ModelLoadError``), then a ``Classifier`` (``backend``, ``threads``)."""
-        return cls(*load_model(model_path, weights_path, input_range=input_range, class_names=class_names),
-                   **kwargs)
+        """``load_model`` (same arguments and ``ModelLoadError``), then a ``Classifier`` (``backend``, ``threads``).
+
+        Runs inside ``quiet_tensorflow``, so every tool that loads a model this
+        way (the server, the benchmarks, the train/ tools, batch workers)
+        keeps TensorFlow's start-up lines off the console.
+        """
+        with quiet_tensorflow():
+            return cls(*load_model(model_path, weights_path, input_range=input_range, class_names=class_names),
+                       **kwargs)
 
     def model_input(self, faces):
         """``faces`` as the model takes them: ``(N, H, W, C)`` float32, channels and range the model's.

@@ -19,6 +19,7 @@ import numpy as np
 
 from fer_server.atomic import write_atomic
 from fer_server.model.keras2 import MODEL_CLASSES, keras2_config_to_keras3
+from fer_server.model.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def parse_class_names(value):
     return names
 
 
+@quiet_tensorflow()
 def load_model(model_path, weights_path=None, *, input_range=None, class_names=None):
     """Load a model: the one entry point of the server, the analyses, the evaluation and the benchmarks.
 
