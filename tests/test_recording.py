@@ -129,3 +129,27 @@ def test_api_history_without_record_says_how(make_app, make_camera, pass_through
     client = make_app(Config(), camera=make_camera(str(clip), pass_through)).test_client()
     answer = client.get("/api/history")
     assert answer.status_code == 404 and "--record DIR" in answer.json["error"]
+
+
+def test_recorded_sources_record_every_frame_with_no_viewer(serve, tiny_model_files, clip, tmp_path):
+    """Two recorded sources and no page open: each plays its whole clip (35 frames, loop off) and every
+    face of every frame becomes a row; /healthz says so per source."""
+    import json
+
+    from tests.test_server import read_until, request, wait_for
+
+    model_path, weights_path = tiny_model_files
+    config = Config(source=(f"a={clip}", f"b={clip}"), model_path=model_path, weights_path=weights_path,
+                    record=tmp_path, loop=False)
+    port, asgi = serve(config, None)
+    health = lambda: json.loads(read_until(request(port, "/healthz"), b"}}}}").partition(b"\r\n\r\n")[2])
+    assert wait_for(lambda: all(s["state"] == "ended" for s in health()["sources"].values()), timeout_s=20)
+    time.sleep(1.5)  # the recorder flushes every second: the last rows are in the files after this
+    body = health()
+    for name in ("a", "b"):
+        source = body["sources"][name]
+        assert source["clients"] == 0 and source["frames_processed"] == 35  # the whole clip, unwatched
+        rows = [row for path in (tmp_path / name).glob("*.csv") for row in read_rows(path)[1:]]
+        frames = {int(row[1]) for row in rows}
+        assert len(frames) >= 0.8 * 35, (name, len(frames))
+        assert source["recording"] == {"rows_written": len(rows), "write_errors": 0, "last_error": None}

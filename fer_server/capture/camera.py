@@ -169,6 +169,7 @@ class Camera:
         self._device = threading.Lock()  # held from open to release of the capture
         self._thread = None
         self._clients = 0
+        self._always_on = False  # keep_running: capture with no viewer (recorded sources)
         self._idle_since = time.monotonic()
         self._frame = None
         self._seq = 0
@@ -235,6 +236,18 @@ class Camera:
                 self._clients -= 1
                 return None
             return Viewer(self, self._run_id)
+
+    def keep_running(self):
+        """Capture and analyse from now on, viewers or not (the idle release no longer applies).
+
+        For a recorded source (``--record``): every frame reaches the frame
+        observers at the source's own rate whether or not a page is open.  A
+        video file that ends (``loop=False``) or a source that fails ends the
+        run as for viewers; a lost webcam or stream is reopened with backoff.
+        """
+        with self._cond:
+            self._always_on = True
+            self._start_locked()
 
     def add_listener(self, listener):
         """Call ``listener()`` each time a frame is published or a run ends.
@@ -316,7 +329,8 @@ class Camera:
         """
         with self._cond:
             idle = self._closed.is_set() or (
-                self._clients == 0 and time.monotonic() - self._idle_since > self.idle_timeout_s)
+                not self._always_on and self._clients == 0
+                and time.monotonic() - self._idle_since > self.idle_timeout_s)
             if idle:
                 self._retire_locked(run, "idle")
             return idle

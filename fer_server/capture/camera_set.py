@@ -105,6 +105,12 @@ class Cameras:
     def __len__(self):
         return len(self._cameras)
 
+    def start_recording(self):
+        """Start capturing every recorded source now and keep it capturing, viewers or not
+        (``Camera.keep_running``); sources without a recorder still wait for a viewer."""
+        for name in self.recorders:
+            self._cameras[name].keep_running()
+
     def close(self):
         """Close every recorder, then every camera (threads joined, sources released)."""
         for recorder in self.recorders.values():

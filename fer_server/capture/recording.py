@@ -80,6 +80,8 @@ class Recorder:
         self.monotonic = monotonic
         self.rows_written = 0
         self.write_errors = 0
+        #: The last failed write's reason (one sentence), None after a write succeeds.
+        self.last_error = None
         self._started = monotonic()
         self._pending = []  # rows not yet written: (wall time, row)
         self._history = collections.deque()  # (monotonic time, row)
@@ -129,6 +131,7 @@ class Recorder:
             self.rows_written += len(pending)
         except OSError as e:
             self.write_errors += 1
+            self.last_error = f"cannot write {self._path}: {e.strerror or e}"
             self._lost += len(pending)
             now = self.monotonic()
             if self._logged_at is None or now - self._logged_at >= 60:  # not a line a second on a full disk
@@ -138,6 +141,7 @@ class Recorder:
             self._close_file()
             return
         self._logged_at = None
+        self.last_error = None
 
     def _open(self, path):
         self._close_file()

@@ -94,7 +94,7 @@ def create_app(config=None, camera=None):
                                sources=[{"name": name, "label": c.name} for name, c in cameras],
                                labels=list(classifier.labels) if classifier else [])
 
-    def health(one):
+    def health(one, recorder):
         age = one.seconds_since_frame()
         stalled = one.state == "error" or (
             one.state in ("streaming", "reconnecting") and age is not None
@@ -102,11 +102,14 @@ def create_app(config=None, camera=None):
         return stalled, {"state": one.state, "source": one.name, "frames_processed": one.frames_processed,
                          "clients": one.clients, "stalled": stalled,
                          "seconds_since_last_frame": None if age is None else round(age, 2),
-                         "error": one.error}
+                         "error": one.error,
+                         "recording": None if recorder is None else {
+                             "rows_written": recorder.rows_written, "write_errors": recorder.write_errors,
+                             "last_error": recorder.last_error}}
 
     @app.get("/healthz")
     def healthz():
-        states = {name: health(one) for name, one in cameras}
+        states = {name: health(one, cameras.recorders.get(name)) for name, one in cameras}
         body = dict(next(iter(states.values()))[1])  # the first source's, as before several sources
         body["sources"] = {name: state for name, (_, state) in states.items()}
         return jsonify(body), 503 if all(stalled for stalled, _ in states.values()) else 200

@@ -207,11 +207,14 @@ def create_asgi_app(app, cameras, config, render_events=None):
         read first, to Flask through a pool of ``max_clients + 8`` threads.
         Its ``streams`` attribute is the first source's ``LiveStreams``,
         ``all_streams`` every source's by name, ``metrics`` the ``Metrics``.
+        Every recorded source starts capturing here and keeps capturing
+        without viewers (``Cameras.start_recording``).
     """
     from a2wsgi import WSGIMiddleware
 
     if not isinstance(cameras, Cameras):
         cameras = Cameras({"cam0": cameras})
+    cameras.start_recording()  # a recorded source records all day, whether or not a page is open
     camera = cameras.first
     model = model_name(getattr(camera.pipeline, "classifier", None))
     all_streams = {}
