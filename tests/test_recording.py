@@ -85,10 +85,12 @@ def test_a_full_disk_is_logged_and_recording_goes_on(tmp_path, monkeypatch, capl
         recorder.flush()  # fails again within the minute: counted, not logged again
     assert recorder.write_errors == 2 and len(caplog.records) == 1
     assert "No space left on device" in caplog.text and "1 rows lost so far" in caplog.text
+    assert recorder.last_error == "cannot write /dev/full: No space left on device"
     monkeypatch.setattr(recording, "hour_file", lambda folder, t: tmp_path / "after.csv")  # space again
     recorder.observe_frame(frame(3, [face(1, 0.5)]))
     recorder.close()
     assert [row[1] for row in read_rows(tmp_path / "after.csv")[1:]] == ["3"]
+    assert recorder.last_error is None  # a write succeeded since
     assert len(recorder.recent(60)) == 4  # the history kept every row
 
 
