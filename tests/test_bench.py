@@ -26,12 +26,15 @@ def test_bench_fast_and_baseline_pipelines(clip, tiny_model_files, capsys):
     # the fast path runs at least one whole pass; the first pass sees the one face of every frame
     assert result["frames"] >= CLIP_FRAMES and result["pass_frames"] == CLIP_FRAMES
     assert result["frames_with_face"] == CLIP_FRAMES and result["faces_classified"] == CLIP_FRAMES
-    assert result["fps"] > 0 and 0 < result["p50_ms"] <= result["p95_ms"]
+    # unpaced: far faster than the clip's own 10 fps (a paced or stalled fast path fails here)
+    assert result["fps"] > 15 and 0 < result["p50_ms"] <= result["p95_ms"]
     assert set(result["stages"]) == {"decode", "detect", "classify", "draw", "encode"}
     baseline = result["baseline"]
     assert baseline["frames"] == CLIP_FRAMES and baseline["pass_frames"] == CLIP_FRAMES  # exactly one pass
     assert baseline["frames_with_face"] == CLIP_FRAMES and baseline["faces_classified"] == CLIP_FRAMES
-    assert result["speedup"] == pytest.approx(result["fps"] / baseline["fps"], rel=0.02)
+    # the server's path (downscaled Haar, one batched TFLite call per frame) beats the naive one
+    # (full-resolution Haar at scaleFactor 1.1, one model.predict call per face)
+    assert baseline["fps"] > 0 and result["speedup"] > 1
 
 
 def test_bench_refuses_a_file_that_is_not_a_video(tmp_path):
@@ -58,6 +61,26 @@ def test_bench_inference_times_every_backend(tiny_model_files, capsys):
         assert f"{backend:12s} batch 1: " in out
 
 
+def test_time_predict_measures_a_known_cost():
+    """A stand-in classifier that takes 20 ms a call: ``time_predict`` reports 20 ms, not counting its warm-up."""
+    import time
+
+    from bench.inference import time_predict
+
+    class Slow:
+        input_shape = (48, 48, 1)
+        calls = 0
+
+        def predict(self, x):
+            assert x.shape == (32, 48, 48, 1) and x.dtype == "float32" and 0 <= x.min() and x.max() <= 1
+            self.calls += 1
+            time.sleep(0.02)
+
+    slow = Slow()
+    seconds = time_predict(slow, 32, 0.3)
+    assert 0.019 <= seconds <= 0.03 and slow.calls >= 2
+
+
 def test_bench_clients_serves_the_clip_through_main_py(clip, tiny_model_files, capsys):
     """``main.py`` in a subprocess: ``run_clients`` terminates it in a ``finally``."""
     from bench.clients import main
@@ -71,7 +94,8 @@ def test_bench_clients_serves_the_clip_through_main_py(clip, tiny_model_files, c
     for run in result["runs"]:
         # the clip plays at 10 fps: each client gets frames, and none more than the source gives in the
         # second (10, or 11 by phase), the latest frame sent on connecting and one part begun at the deadline
-        assert 0 < run["fps_per_client_min"] <= run["fps_per_client_mean"] <= 13
+        # (a server sending a few frames a second fails the lower bound)
+        assert 6 <= run["fps_per_client_min"] <= run["fps_per_client_mean"] <= 13
         assert run["server_cpu_percent"] > 0
     assert "first frame" in out and "2 client(s)" in out
 
@@ -85,7 +109,7 @@ def test_bench_load_with_viewers_and_api_requests(clip, capsys):
     result = last_json(out)
     assert result["clients"] == 2 and result["rps"] == 2 and result["seconds"] >= 2
     assert result["viewer_errors"] == 0 and result["api_errors"] == 0, out
-    assert result["connections"] == 2 and result["fps_per_viewer_min"] > 0
+    assert result["connections"] == 2 and result["fps_per_viewer_min"] >= 5  # a 10 fps clip
     assert result["api_requests"] >= 2 and 0 < result["api_ms"]["p50"] <= result["api_ms"]["p99"]
     assert len(result["samples"]) >= 1 and all(rss > 0 for rss in result["server_rss_mb"])
     assert "2 viewers + 2 API req/s" in out and "0 viewer errors, 0 API errors" in out

@@ -46,9 +46,15 @@ def test_simultaneous_readers_share_one_capture(make_camera, clip, pass_through,
     for frames in results:
         assert len(frames) == 8
         assert [f.seq for f in frames] == sorted({f.seq for f in frames})  # each new frame once
-    # the frame objects (and so their JPEG bytes) are shared, not re-encoded per client
-    shared = set.intersection(*({id(f) for f in frames} for frames in results))
-    assert shared
+    # the frame objects (and so their JPEG bytes) are shared, not re-encoded per client: whoever reads a
+    # frame gets the one object, and most frames were read by several readers
+    objects = {}
+    for frames in results:
+        for f in frames:
+            objects.setdefault(f.seq, set()).add(id(f))
+    assert all(len(ids) == 1 for ids in objects.values())
+    readers = {seq: sum(seq in {f.seq for f in frames} for frames in results) for seq in objects}
+    assert sum(n >= 2 for n in readers.values()) >= 6
     assert camera.clients == 0
 
 
@@ -117,7 +123,7 @@ def test_video_file_is_paced_at_its_frame_rate(make_camera, clip, pass_through):
     camera = make_camera(str(clip), pass_through)
     started = time.monotonic()
     take(camera, 11)  # 10 intervals of 0.1 s at the clip's 10 fps
-    assert time.monotonic() - started >= 0.9
+    assert 0.9 <= time.monotonic() - started <= 1.5  # half speed (2 s) or unpaced (~0 s) fails
 
 
 def test_no_loop_ends_the_stream_and_loop_replays(make_camera, clip, pass_through):

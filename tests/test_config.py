@@ -43,7 +43,9 @@ def test_a_bad_environment_value_is_named():
         parse([], {"FER_SERVER_DETECT_EVERY": "often"})
 
 
-def test_preflight_refuses_before_loading_anything(tmp_path, clip):
+def test_preflight_refuses_bad_input_with_one_sentence(tmp_path, clip):
+    """(That it does so without importing TensorFlow is checked in a fresh process:
+    test_package.test_main_py_refuses_a_missing_video_without_importing_tensorflow.)"""
     with pytest.raises(RuntimeError, match="missing.mp4 does not exist"):
         cli.preflight(Config(source=str(tmp_path / "missing.mp4")))
     with pytest.raises(RuntimeError, match="architecture .*nope.json: no such file"):
