@@ -97,9 +97,16 @@ class Viewer(threading.Thread):
             conn.close()
 
 
-def longest_gap(times, end):
-    """Longest time in seconds between consecutive ``times`` (sorted), or from the last one to ``end``."""
-    edges = sorted(times) + [end]
+def longest_gap(real_times, connected_times, end):
+    """Longest time in seconds a viewer went without a real frame.
+
+    Counted from its first connection to its first real frame, between
+    consecutive real frames (a reconnection in between does not reset it),
+    and from its last real frame to ``end``; placeholders and keep-alives
+    are not frames.  Times are ``time.monotonic()`` seconds.
+    """
+    start = min(connected_times) if connected_times else end
+    edges = [start] + sorted(t for t in real_times if t >= start) + [end]
     return max((b - a for a, b in zip(edges, edges[1:])), default=0.0)
 
 
@@ -241,12 +248,12 @@ def main(argv=None):
                 if back is not None:  # leave the viewers 10 s to get their first real frame
                     deadline = max(deadline, back + 10.0)
         stop.set()
+        ended = time.monotonic()
+        elapsed = ended - started  # the load's own duration, not the joins below
         for v in viewers:
             v.join(15)
         if api:
             api.join(15)
-        elapsed = time.monotonic() - started
-        ended = time.monotonic()
         for h in hogs:
             h.join(5)
         time.sleep(2.0)
@@ -258,7 +265,7 @@ def main(argv=None):
             upstream.terminate()
             upstream.wait(10)
 
-    fps = [v.parts / elapsed for v in viewers]
+    fps = [sum(t <= ended for t in v.real_times) / elapsed for v in viewers]  # real frames only
     result = {
         "clients": args.clients, "rps": args.rps, "seconds": round(elapsed, 1), "churn_s": args.churn,
         "viewer_errors": sum(len(v.errors) for v in viewers), "api_errors": len(api_errors),
@@ -269,7 +276,7 @@ def main(argv=None):
         if latencies else None,
         "api_ms_max": round(max(latencies), 1) if latencies else None,
         # the longest any viewer went without a real frame (from its connection on)
-        "viewer_longest_gap_s": round(max(longest_gap(v.real_times + v.connected_times, ended) for v in viewers), 2),
+        "viewer_longest_gap_s": round(max(longest_gap(v.real_times, v.connected_times, ended) for v in viewers), 2),
         "hogs": args.hogs,
         "server_rss_mb": [round(mem0, 1), round(mem1, 1)], "server_threads": [threads0, threads1],
         # after the first 10 s every viewer and the API path have allocated their buffers

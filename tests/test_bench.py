@@ -139,3 +139,13 @@ def test_entry_points_keep_tensorflows_start_up_lines_off_the_console(tiny_model
                  if any(word in line for word in ("cuda", "cuInit", "oneDNN", "absl::", "cpu_feature_guard",
                                                   "XNNPACK", "I0000", "W0000"))]
         assert noise == [], (argv[1], noise)
+
+
+def test_longest_gap_counts_real_frames_only_by_hand():
+    from bench.load import longest_gap
+
+    # connected at 0, frames at 1 and 2, a reconnection at 5 (not a frame), a frame at 6, end at 6.5:
+    # the gaps are 1, 1, 4 (2 -> 6, the reconnection does not reset it) and 0.5
+    assert longest_gap([1.0, 2.0, 6.0], [0.0, 5.0], 6.5) == 4.0
+    assert longest_gap([], [3.0], 10.0) == 7.0  # never a real frame: from the connection to the end
+    assert longest_gap([0.5, 0.6], [0.0], 0.7) == 0.5  # the wait for the first frame
