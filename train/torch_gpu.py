@@ -356,9 +356,11 @@ def export(path, model, xv_t, args, epochs, results):
     """Write the weights in Keras layout (kernels rounded to float16 to halve the file).
 
     The file also holds ``meta`` (JSON: arguments, epochs, PublicTest
-    accuracies), ``public_logits`` ``(N, 7)`` float32 for the whole face and
-    for the ten crops, computed with the rounded weights in float32, and
-    ``check_logits`` for the first 256 PublicTest faces, which
+    accuracies), ``public_logits`` ``(N, 7)`` float32 for the whole face, the
+    centre crop and the ten crops, computed with the rounded weights by
+    ``predict_logits`` (float32 on a CPU; under bfloat16 autocast on a GPU,
+    stored as float32), and ``check_logits`` for the first 256 PublicTest
+    faces, computed in float32 without autocast, which
     ``train.import_weights`` compares against Keras.
     """
     weights = keras_weights(model)
