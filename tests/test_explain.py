@@ -50,13 +50,40 @@ def test_the_last_conv_block_of_the_shipped_architecture_is_explained(classifier
     assert last_conv_layer(classifier.model).name == "block4_relu2"  # 6x6, before the last pooling
 
 
+def test_the_shipped_model_is_explained_on_its_served_score(faces):
+    """Grad-CAM differentiates the served score (a network's logits, or an ensemble's log probabilities):
+    its softmax is what the shipped model outputs; every member's last conv block is explained."""
+    from fer_server.config import Config
+    from fer_server.model.gradcam import member_prefix
+
+    config = Config()
+    shipped = Classifier.from_files(config.model_path, config.weights_path, backend="tf.function")
+    cam = GradCam(shipped)
+    prefixes = sorted({member_prefix(layer.name) for layer in shipped.model.layers} - {""}) or [""]
+    assert [layer.name for layer in cam.layers] == [p + "block4_relu2" for p in prefixes]
+    crops = np.stack([faces[name] for name in sorted(faces)]).astype(np.float32)[..., None] / 255.0
+    logits = cam.scores(crops)
+    served = shipped.model.predict(shipped.model_input(crops), verbose=0)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(1, keepdims=True), served, atol=1e-5)
+    maps = cam.heatmaps(crops, served.argmax(1))
+    assert maps.shape == (7, 48, 48) and all(m.max() == pytest.approx(1.0) for m in maps)
+    names = [layer.name for layer in shipped.model.layers]
+    borders = [int(shipped.model.get_layer(p + "crop").cropping[0][0]) if p + "crop" in names else 0
+               for p in prefixes]
+    b = min(borders)
+    if b:  # every network sees a centre crop: nothing outside it is explained
+        assert not maps[:, :b].any() and not maps[:, -b:].any() and not maps[:, :, :b].any()
+
+
 def test_an_ensemble_member_is_explained_inside_the_border_it_crops(faces):
     from train.model import build_ensemble
 
     keras.utils.set_random_seed(0)
     model = build_ensemble([(4, 0), (4, 6)])
-    cam = GradCam(Classifier(model, [f"c{i}" for i in range(7)], backend="tf.function"))
-    assert cam.layer.name == "m1_block4_relu2"  # the last member's last conv block; it crops 6 pixels
+    classifier = Classifier(model, [f"c{i}" for i in range(7)], backend="tf.function")
+    assert [layer.name for layer in GradCam(classifier).layers] == ["m0_block4_relu2", "m1_block4_relu2"]
+    cam = GradCam(classifier, layer="m1_block4_relu2")  # the last member alone; it crops 6 pixels
     crops = np.stack([faces[name] for name in ("Happy", "Sad", "Angry")]).astype(np.float32)[..., None] / 255.0
     # Every class of every face: an untrained member's map for one class may be zero everywhere
     # (ReLU of a sum with random signs), which says nothing about where the border lies.
@@ -65,6 +92,9 @@ def test_an_ensemble_member_is_explained_inside_the_border_it_crops(faces):
     outside[6:-6, 6:-6] = False
     assert maps[:, :, outside].max() == 0.0
     assert (maps[:, :, 6:-6, 6:-6].max(axis=(1, 2, 3)) > 0.0).all()  # each face has a map inside the border
+    # by default both members: m0 sees the whole face, so the served score's map reaches the border ring
+    both = GradCam(classifier).heatmaps(np.repeat(crops, 7, axis=0), list(range(7)) * 3)
+    assert both[:, outside].max() > 0.0
 
 
 def test_heat_maps_have_the_crop_shape_and_differ_between_faces(classifier, faces):

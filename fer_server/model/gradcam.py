@@ -20,15 +20,17 @@ import cv2
 import numpy as np
 
 
-def last_conv_layer(model):
-    """The last layer with a 4-D ``(N, H, W, C)`` output that is not a pooling layer (the last conv block).
+def last_conv_layer(model, prefix=""):
+    """The last layer (whose name starts with ``prefix``) with a 4-D ``(N, H, W, C)`` output that is
+    not a pooling or cropping layer: the last conv block (of that ensemble member).
 
     Raises:
         ValueError: the model has no such layer.
     """
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None) is not None and tuple(layer.output.shape)
-        if shape and len(shape) == 4 and "Pooling" not in type(layer).__name__ and not layer.name.startswith("input"):
+        if (shape and len(shape) == 4 and layer.name.startswith(prefix) and not layer.name.startswith("input")
+                and not any(kind in type(layer).__name__ for kind in ("Pooling", "Cropping"))):
             return layer
     raise ValueError(f"model {model.name} has no convolutional layer to explain")
 
@@ -40,21 +42,25 @@ def member_prefix(name):
 
 
 class GradCam:
-    """Grad-CAM of a ``model.classifier.Classifier``'s Keras model.
+    """Grad-CAM of the score a ``model.classifier.Classifier`` serves.
 
-    In an ensemble (``train.model.build_ensemble``) the explained layer
-    belongs to one member: its class score is that member's logit, and its
-    map covers the part of the face that member sees (inside its ``m{i}_crop``
-    border; zero outside).
+    The class score is the served one: for a single network the logit (the
+    input of a final ``softmax`` ``Activation`` layer, or the pre-activation
+    of a final ``Dense`` layer with a softmax); for an ensemble
+    (``train.model.build_ensemble``, members' probabilities averaged) the
+    log of the served probability; for other models the output itself.  By
+    default every member's last convolutional block is explained: each
+    member's Grad-CAM combination of its channels (before the ReLU) is
+    resized onto the part of the face that member sees (inside its
+    ``m{i}_crop`` border, zero outside), the members' maps are added, and the
+    ReLU of the sum is the map.  For one network this is Selvaraju et al.'s
+    Grad-CAM exactly.
 
     Args:
         classifier: the ``Classifier`` (its ``model``, ``input_shape``,
             ``labels`` and ``model_input`` are used).
-        layer: name of the layer to explain (default: ``last_conv_layer``).
-
-    The class score is the logit: the input of a final ``softmax``
-    ``Activation`` layer, or the pre-activation of a final ``Dense`` layer
-    with a softmax; for other models, the output itself.
+        layer: name of one layer to explain instead (the gradient is still
+            the served score's).
 
     Raises:
         ValueError: no layer to explain.
@@ -66,55 +72,68 @@ class GradCam:
 
         model = classifier.model
         self.classifier = classifier
-        self.layer = model.get_layer(layer) if layer else last_conv_layer(model)
-        prefix = member_prefix(self.layer.name)
         names = {each.name for each in model.layers}
-        last = model.get_layer(prefix + "predictions") if prefix + "predictions" in names else model.layers[-1]
-        self._border = ((0, 0), (0, 0))
-        if prefix + "crop" in names:
-            self._border = tuple(map(tuple, model.get_layer(prefix + "crop").cropping))
+        prefixes = sorted({member_prefix(each.name) for each in model.layers} - {""})
+        if layer:
+            layers = [model.get_layer(layer)]
+        elif prefixes:
+            layers = [last_conv_layer(model, prefix) for prefix in prefixes]
+        else:
+            layers = [last_conv_layer(model)]
+        #: The explained layers: one per ensemble member, or the one network's last conv block.
+        self.layers = layers
+        self.layer = layers[-1]
+        self._borders = []
+        for each in layers:
+            crop = member_prefix(each.name) + "crop"
+            self._borders.append(tuple(map(tuple, model.get_layer(crop).cropping)) if crop in names
+                                 else ((0, 0), (0, 0)))
+        last = model.layers[-1]
         activation = getattr(getattr(last, "activation", None), "__name__", None)
-        self._dense = None
+        self._dense, self._log = None, False
         if isinstance(last, keras.layers.Activation) and activation == "softmax":
             score = last.input  # the logits
         elif isinstance(last, keras.layers.Dense) and activation == "softmax":
             score, self._dense = last.input, last  # logits = input @ kernel + bias
         else:
             score = model.outputs[0]
-        self._model = keras.Model(model.inputs, [self.layer.output, score])
+            self._log = bool(prefixes)  # an ensemble's mean of probabilities: explain log p
+        self._model = keras.Model(model.inputs, [*(each.output for each in layers), score])
         self._lock = threading.Lock()
         self._maps = tf.function(self._grad_cam, input_signature=[
             tf.TensorSpec([None, *classifier.input_shape], tf.float32), tf.TensorSpec([None], tf.int32)])
+
+    def _score(self, score):
+        import tensorflow as tf
+
+        score = tf.cast(score, tf.float32)
+        if self._dense is not None:
+            score = tf.matmul(score, tf.cast(self._dense.kernel, tf.float32)) + tf.cast(self._dense.bias, tf.float32)
+        if self._log:
+            score = tf.math.log(tf.maximum(score, 1e-12))
+        return score
 
     def _grad_cam(self, x, classes):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            features, score = self._model(x, training=False)
-            features = tf.cast(features, tf.float32)
-            score = tf.cast(score, tf.float32)
-            if self._dense is not None:
-                score = tf.matmul(score, tf.cast(self._dense.kernel, tf.float32)) + tf.cast(self._dense.bias,
-                                                                                            tf.float32)
-            chosen = tf.gather(score, classes, batch_dims=1)
+            *features, score = self._model(x, training=False)
+            features = [tf.cast(f, tf.float32) for f in features]
+            chosen = tf.gather(self._score(score), classes, batch_dims=1)
         grads = tape.gradient(chosen, features)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+        return [tf.reduce_sum(tf.reduce_mean(g, axis=(1, 2), keepdims=True) * f, axis=-1)
+                for g, f in zip(grads, features)]
 
     def scores(self, crops):
-        """The class scores Grad-CAM differentiates, ``(N, C)`` float32, for ``(N, H, W, C)`` crops in [0, 1].
+        """The served class scores Grad-CAM differentiates, ``(N, C)`` float32, for crops in [0, 1].
 
-        For a single network (the shipped model) these are the served
-        logits: their softmax is ``Classifier.model``'s output.  For a member
-        of an ensemble they are that member's logits only.
+        Logits for a single network, log probabilities for an ensemble: in
+        both cases their softmax is what ``Classifier.model`` outputs.
         """
         import tensorflow as tf
 
         x = tf.convert_to_tensor(self.classifier.model_input(np.asarray(crops)), tf.float32)
-        score = tf.cast(self._model(x, training=False)[1], tf.float32)
-        if self._dense is not None:
-            score = tf.matmul(score, tf.cast(self._dense.kernel, tf.float32)) + tf.cast(self._dense.bias, tf.float32)
-        return score.numpy()
+        return self._score(self._model(x, training=False)[-1]).numpy()
 
     def heatmaps(self, crops, classes):
         """Grad-CAM maps of ``crops`` for ``classes``.
@@ -133,16 +152,15 @@ class GradCam:
             return np.zeros((0, height, width), np.float32)
         x = self.classifier.model_input(np.asarray(crops))
         with self._lock:
-            maps = self._maps(x, np.asarray(classes, np.int32)).numpy()
-        (top, bottom), (left, right) = self._border
-        out = np.zeros((len(maps), height, width), np.float32)
-        for i, cam in enumerate(maps):
-            peak = float(cam.max())
-            cam = cam / peak if peak > 0 else np.zeros_like(cam)
+            per_layer = [m.numpy() for m in self._maps(x, np.asarray(classes, np.int32))]
+        out = np.zeros((len(crops), height, width), np.float32)
+        for maps, ((top, bottom), (left, right)) in zip(per_layer, self._borders):
             seen = (width - left - right, height - top - bottom)
-            out[i, top:height - bottom, left:width - right] = np.clip(
-                cv2.resize(cam, seen, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-        return out
+            for i, cam in enumerate(maps):
+                out[i, top:height - bottom, left:width - right] += cv2.resize(cam, seen, interpolation=cv2.INTER_LINEAR)
+        out = np.maximum(out, 0.0)
+        peaks = out.max(axis=(1, 2), keepdims=True)
+        return np.divide(out, peaks, out=np.zeros_like(out), where=peaks > 0).astype(np.float32)
 
     def explain(self, faces):
         """``{"class": name, "heatmap": PNG data URL}`` for each ``vision.frames.Face`` (None without a crop).
