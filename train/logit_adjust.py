@@ -83,7 +83,8 @@ def choose_prior_share(logits, labels, log_prior, tau, min_macro_f1, step=0.05):
     """
     table = {}
     for c in np.round(np.arange(0, tau + 1e-9, step), 4):
-        table[float(c)] = summary(labels, (np.asarray(logits) + c * np.asarray(log_prior)).argmax(1))
+        table[float(c)] = summary(labels, (np.asarray(logits) + c * np.asarray(log_prior)).argmax(1),
+                                  num_classes=np.asarray(logits).shape[1])
     ok = [c for c, s in table.items() if s["macro_f1"] >= min_macro_f1]
     if ok:
         return max(ok, key=lambda c: (table[c]["accuracy"], table[c]["macro_f1"], -c)), table
