@@ -133,3 +133,20 @@ def test_grid_timeline_and_explanations(clip, tiny_model_files, serve, page, tmp
     page.screenshot(path=str(shots / "browser_grid.png"), full_page=True)
     page.uncheck("#explain-toggle")
     assert page.locator(".heat").count() == 0
+
+    # an explanation answer that comes back after the toggle was switched off draws nothing: hold the
+    # requests until the toggle is off, then let them through
+    held = []
+    page.route("**/api/faces?*explain=1*", lambda route: held.append(route))
+    page.check("#explain-toggle")
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page asked for no explanation"
+    page.uncheck("#explain-toggle")
+    for route in held:
+        route.continue_()
+    page.wait_for_timeout(1500)  # the answers arrive and are handled
+    assert page.locator(".heat").count() == 0
+    page.unroute("**/api/faces?*explain=1*")
