@@ -117,7 +117,8 @@ def test_bench_load_with_viewers_and_api_requests(clip, capsys):
 
 def test_entry_points_keep_tensorflows_start_up_lines_off_the_console(tiny_model_files, tmp_path):
     """``python -m bench.inference`` and ``python -m train.evaluate`` load a model through ``model.files`` and
-    ``model.classifier``, which filter TensorFlow's start-up lines as ``main.py`` does: stderr has none."""
+    ``model.classifier``, which filter TensorFlow's start-up lines as ``main.py`` does, and the train/ package
+    imports TensorFlow quietly before its tools import Keras: stderr has none."""
     import os
     import subprocess
     import sys
@@ -131,7 +132,9 @@ def test_entry_points_keep_tensorflows_start_up_lines_off_the_console(tiny_model
     cv2.imwrite(str(tmp_path / "Happy" / "a.png"), np.full((96, 96), 128, np.uint8))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "CUDA_"))}
     for argv in (["-m", "bench.inference", "--seconds", "0.05", "--model", model, "--weights", weights],
-                 ["-m", "train.evaluate", "--data", str(tmp_path), "--model", model, "--weights", weights]):
+                 ["-m", "train.evaluate", "--data", str(tmp_path), "--model", model, "--weights", weights],
+                 # a train/ tool that builds a Keras model itself (train/__init__.py imports TensorFlow quietly)
+                 ["-c", "import train.model as m; m.build_model(width=4)(m.keras.ops.zeros((1, 48, 48, 1)))"]):
         result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=root, env=env,
                                 timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
