@@ -238,7 +238,8 @@ def main(argv=None):
     p.add_argument("--root", help="folder the manifest's relpaths start from (default: the manifest's)")
     p.add_argument("--crops", action="store_true", help="the images are tight face crops: classify them as they are")
     p.add_argument("--model", default=str(defaults.model_path))
-    p.add_argument("--weights", default=str(defaults.weights_path))
+    p.add_argument("--weights", help="classic HDF5 weights of a JSON --model (default: model_weights.h5 beside "
+                                     "it); none for a whole-model .h5/.hdf5/.keras")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                    help="inference path (default: the server's, %(default)s)")
     p.add_argument("--image-pad", type=float, default=defaults.image_pad,
@@ -261,7 +262,8 @@ def main(argv=None):
     from fer_server.builders import build_classifier, build_pipeline
     from fer_server.model.files import ModelLoadError
 
-    config = replace(defaults, model_path=Path(args.model), weights_path=Path(args.weights), backend=args.backend,
+    config = replace(defaults, model_path=Path(args.model), weights_path=Path(args.weights) if args.weights else None,
+                     backend=args.backend,
                      image_pad=args.image_pad, image_min_side_px=args.image_min_side, crop_margin=args.crop_margin)
     try:
         classifier = build_classifier(config)
