@@ -40,6 +40,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")  # train.losses runs as torch operations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -145,6 +146,32 @@ def teacher_probabilities(members, faces, mirror=False, batch=128):
     return np.concatenate(out).astype(np.float32)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(net, faces, crop, batch=256):
+    """Recompute ``net``'s batch-norm running statistics on clean faces (their centre ``crop``), in place.
+
+    The statistics gathered in training describe the augmented views; the
+    server feeds clean crops.  Cumulative averages over one pass
+    (``momentum=None``), other weights unchanged (Ioffe & Szegedy 2015).
+
+    Args:
+        faces: ``(N, 48, 48)`` uint8.
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    border = (SIDE - crop) // 2
+    for i in range(0, len(faces), batch):
+        x = torch.from_numpy(faces[i:i + batch, border:SIDE - border, border:SIDE - border]).float().div(255)
+        net(x.unsqueeze(1))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    net.eval()
+
+
 def file_digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
@@ -176,6 +203,9 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="use only the first N Training rows (tests)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--resume", action="store_true", help="carry on from OUT/NAME.ckpt")
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="also try the averaged weights with batch-norm statistics recomputed on the clean "
+                        "Training faces' centre crops (training saw camera-like views)")
     p.add_argument("--finish", action="store_true",
                    help="with --resume: train no further; choose the weights and prior share and export now")
     p.add_argument("--out", required=True)
@@ -306,17 +336,23 @@ def main(argv=None):
         os.replace(str(ckpt) + ".tmp", ckpt)
 
     # Choose the raw or averaged weights, then the prior share, on PublicTest.
+    candidates = [("raw", model), ("ema", ema.module)]
+    if args.recalibrate_bn:
+        clean = copy.deepcopy(ema.module)
+        recalibrate_batchnorm(clean, x, args.crop)
+        candidates.append(("ema_clean_bn", clean))
     results = {}
-    for which, net in (("raw", model), ("ema", ema.module)):
+    for which, net in candidates:
         logits = predict_logits(net, xv_t, args.crop, "centre").numpy()
         c, table = choose_prior_share(logits, yv, prior, args.tau, args.min_macro_f1)
         results[which] = {"shift": c, "table": table}
     kept = max(results, key=lambda w: results[w]["table"][results[w]["shift"]]["accuracy"])
-    net, c = (ema.module if kept == "ema" else model), results[kept]["shift"]
+    net, c = dict(candidates)[kept], results[kept]["shift"]
     with torch.no_grad():
         net.fc.bias.add_(c * prior_t)
     chosen = results[kept]["table"][c]
-    log(event="done", kept=kept, shift=c, public_test=chosen, teacher_public_test=summary(yv, teacher_public.argmax(1)))
+    log(event="done", kept=kept, shift=c, public_test=chosen, teacher_public_test=summary(yv, teacher_public.argmax(1)),
+        candidates={w: r["table"][r["shift"]] | {"shift": r["shift"]} for w, r in results.items()})
     export(out / f"{args.name}.npz", net, xv_t, args, epochs,
            {"kept": kept, "shift": c, "public_test": chosen, "shifts": results[kept]["table"], "history": history})
 
