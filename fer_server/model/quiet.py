@@ -11,7 +11,11 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
+#: One redirection of descriptor 2 at a time: two threads swapping it at once could leave
+#: stderr pointing at the other's temporary file.  Re-entrant, so nested blocks work.
+_REDIRECT = threading.RLock()
 
 #: Start-up lines of TensorFlow and TFLite that say nothing is wrong (see ``quiet_tensorflow``).
 TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |E\d{4} .*(cuda|cuInit)"
@@ -30,14 +34,15 @@ def quiet_tensorflow():
     file; at its end every line but those (``TF_NOISE``) is written to the
     real stderr, so a genuine error still shows.  Without an NVIDIA driver,
     ``CUDA_VISIBLE_DEVICES=-1`` stops TensorFlow from calling ``cuInit`` at
-    all.  Variables the user set are kept.
+    all.  Variables the user set are kept.  One thread at a time holds the
+    redirection (others wait); a thread may nest blocks.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not os.path.exists("/proc/driver/nvidia"):
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
+    with _REDIRECT, tempfile.TemporaryFile(mode="w+b") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
             yield
