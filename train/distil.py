@@ -57,7 +57,6 @@ from train.logit_adjust import choose_prior_share, summary
 from train.losses import distillation_loss, log_prior
 from train.torch_gpu import FerVGG, export, load_arrays, predict_logits
 
-CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 SIDE = 48
 
 

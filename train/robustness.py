@@ -14,7 +14,6 @@ views should lose less to each.  Only PublicTest is read.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -22,9 +21,6 @@ from fer_server.config import BACKENDS, Config
 from train import camera_augment
 from train.data import DataError, load_fer2013_csv
 from train.scoring import metrics, predict
-
-FER2013 = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
-
 
 def views(faces, seed=0):
     """``{name: (N, 48, 48) uint8}``: the clean faces, each transform alone, and all in turn."""
@@ -44,12 +40,12 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args(argv)
     from fer_server.model.classifier import Classifier
-    from fer_server.model.files import ModelLoadError
+    from fer_server.model.files import FER2013_LABELS, ModelLoadError
 
     try:
         faces, labels = load_fer2013_csv(args.data)["PublicTest"]
-        classifiers = [Classifier.from_files(m, Path(m).with_name("model_weights.h5") if m.endswith(".json") else None,
-                                             backend=args.backend) for m in args.model]
+        # a JSON model's weights: model_weights.h5 beside it (load_model's default)
+        classifiers = [Classifier.from_files(m, backend=args.backend) for m in args.model]
     except (DataError, ModelLoadError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -57,7 +53,7 @@ def main(argv=None):
     for name, faces_seen in views(faces).items():
         table[name] = []
         for classifier in classifiers:
-            m = metrics(labels, predict(classifier, faces_seen).argmax(1), FER2013)
+            m = metrics(labels, predict(classifier, faces_seen).argmax(1), FER2013_LABELS)
             table[name].append({"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)})
     print("PublicTest accuracy / macro-F1 by view; models: " + ", ".join(args.model))
     for name, row in table.items():
