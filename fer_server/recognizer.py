@@ -108,7 +108,7 @@ class Recognizer:
             FerError: the file is missing or cannot be decoded.
         """
         from fer_server.builders import build_pipeline
-        from fer_server.capture.sources import SourceError, check_video_file
+        from fer_server.capture.sources import SourceError, check_video_file, file_fps
 
         try:
             check_video_file(path)
@@ -116,8 +116,7 @@ class Recognizer:
             raise FerError(str(e)) from None
         pipeline = build_pipeline(self.config, self.classifier)
         cap = cv2.VideoCapture(str(path))
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        fps = fps if 1.0 <= fps <= 240.0 else 25.0
+        fps = file_fps(cap)
         try:
             index = 0
             while True:

@@ -64,6 +64,13 @@ def check_video_file(path, open_capture=cv2.VideoCapture):
         raise SourceError(f"video file {path} cannot be decoded by OpenCV")
 
 
+def file_fps(cap, default=25.0):
+    """A video file's frame rate from its container (``cv2.CAP_PROP_FPS``), or ``default`` when it
+    declares none or an implausible one (outside 1-240 fps)."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return fps if 1.0 <= fps <= 240.0 else default
+
+
 def check_file_exists(path):
     """The cheap half of ``check_video_file``: no OpenCV, no decoding.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 
 from fer_server.atomic import temporary_path
-from fer_server.capture.sources import SourceError, check_video_file
+from fer_server.capture.sources import SourceError, check_video_file, file_fps
 from fer_server.face_csv import csv_header, face_row
 
 FOURCC_BY_SUFFIX = {".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v", ".mp4": "mp4v", ".m4v": "mp4v"}
@@ -52,8 +52,7 @@ def analyse_video(source, pipeline, output=None, csv_path=None, progress=True, r
 
     check_video_file(source)
     cap = cv2.VideoCapture(str(source))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    fps = fps if 1.0 <= fps <= 240.0 else 25.0
+    fps = file_fps(cap)
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     labels = pipeline.classifier.labels
