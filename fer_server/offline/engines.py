@@ -75,33 +75,150 @@ class RayVideoWorker:
         return {"row": [json.dumps(row) for row in rows]}
 
 
-def check_ray_address(address, timeout_s=5.0):
-    """Fail fast on an unreachable ``host:port`` (``ray.init`` would wait long for it).
+_ADDRESS = re.compile(r"(?:([a-z]+)://)?\[?([^\]/]+?)\]?:(\d+)")
+_TOKEN_HELP = ("copy the head node's `ray get-auth-token` output into RAY_AUTH_TOKEN, or into a file named by "
+               "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, on this machine")
+
+
+def ray_auth_token():
+    """The Ray authentication token this machine has, found where Ray looks for it.
+
+    In Ray's order: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``
+    names, ``~/.ray/auth_token``.
+
+    Returns:
+        ``(token, where)``: the token (None when there is none) and a few words
+        naming where it came from (for messages).
 
     Raises:
-        BatchInputError: nothing answers at that address.
+        BatchInputError: ``RAY_AUTH_TOKEN_PATH`` names a file that cannot be read or is empty.
     """
-    match = re.fullmatch(r"(?:[a-z]+://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
-    if not match:
-        return  # "auto" and the like: ray.init decides
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.exceptions import AuthenticationError
+
+    where = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+             os.environ["RAY_AUTH_TOKEN_PATH"] if os.environ.get("RAY_AUTH_TOKEN_PATH") else
+             os.path.join("~", ".ray", "auth_token"))
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # the variables may have changed since Ray last read them
     try:
-        socket.create_connection((match[1], int(match[2])), timeout=timeout_s).close()
+        if not loader.has_token(ignore_auth_mode=True):
+            return None, where
+        return loader.get_raw_token(ignore_auth_mode=True).strip() or None, where
+    except AuthenticationError:
+        raise BatchInputError(f"RAY_AUTH_TOKEN_PATH names {where}, which cannot be read or is empty: "
+                              f"{_TOKEN_HELP}") from None
+
+
+def _versions_differ(cluster):
+    """``cluster``: the GCS's cluster metadata; True when Ray would refuse this driver for its versions."""
+    import platform
+
+    import ray
+
+    level = 2 if os.environ.get("RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL", "patch") == "minor" else 3
+    python = platform.python_version()
+    return (cluster.get("ray_version", ray.__version__) != ray.__version__ or
+            cluster.get("python_version", python).split(".")[:level] != python.split(".")[:level])
+
+
+def check_ray_address(address, timeout_s=5.0):
+    """Check that a Ray cluster answers at ``host:port``, and find its authentication mode.
+
+    One socket connection, then at most two gRPC calls of at most
+    ``timeout_s`` seconds each to the cluster's GCS (without a token, then
+    with this machine's token, see ``ray_auth_token``) reading the cluster's
+    Ray and Python versions; ``ray.init`` would instead retry for 20 s and
+    bury the reason in warnings.
+
+    Returns:
+        ``"token"`` or ``"disabled"``: the cluster's authentication mode (set
+        ``RAY_AUTH_MODE`` to it before ``ray.init``); None for an address it
+        does not check (``auto``, ``ray://`` Ray Client addresses, TLS).
+
+    Raises:
+        BatchInputError: nothing answers at that address, or not a Ray GCS;
+            the cluster wants a token and this machine has none, or a wrong
+            one; the cluster runs another Ray or Python version than this driver.
+    """
+    import json as json_module
+
+    match = _ADDRESS.fullmatch(address.strip())
+    if not match:
+        return None  # "auto" and the like: ray.init decides
+    scheme, host, port = match[1], match[2], int(match[3])
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as e:
-        raise BatchInputError(f"cannot reach the Ray cluster at {address} ({e})") from None
+        raise BatchInputError(f"cannot reach the Ray cluster at {address} ({e}): start it with `ray start --head "
+                              f"--port={port}` or give the head node's address") from None
+    if scheme not in (None, "gcs") or os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return None
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    request = gcs_service_pb2.InternalKVGetRequest(key=b"CLUSTER_METADATA", namespace=b"cluster")
+
+    def get(metadata):
+        with grpc.insecure_channel(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}") as channel:
+            return gcs_service_pb2_grpc.InternalKVGcsServiceStub(channel).InternalKVGet(
+                request, timeout=timeout_s, metadata=metadata)
+
+    mode = "disabled"
+    try:
+        try:
+            reply = get(None)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            token, where = ray_auth_token()
+            if token is None:
+                raise BatchInputError(f"the Ray cluster at {address} requires token authentication and this "
+                                      f"machine has no token: {_TOKEN_HELP}") from None
+            mode = "token"
+            try:
+                reply = get((("authorization", f"Bearer {token}"),))
+            except grpc.RpcError as e2:
+                if e2.code() != grpc.StatusCode.UNAUTHENTICATED:
+                    raise
+                raise BatchInputError(f"the Ray cluster at {address} rejected the authentication token from "
+                                      f"{where}: {_TOKEN_HELP}") from None
+    except grpc.RpcError as e:
+        details = (e.details() or str(e.code())).splitlines()[0]
+        raise BatchInputError(f"no Ray cluster answers at {address} ({details}): give the port of the head "
+                              f"node's `ray start --head --port=PORT` (6379 by default)") from None
+    try:
+        cluster = json_module.loads(reply.value) if reply.value else {}
+    except ValueError:
+        cluster = {}
+    if _versions_differ(cluster):
+        import platform
+
+        import ray
+
+        raise BatchInputError(f"the Ray cluster at {address} runs Ray {cluster.get('ray_version')} on Python "
+                              f"{cluster.get('python_version')} but this driver has Ray {ray.__version__} on "
+                              f"Python {platform.python_version()}: install the same versions on both "
+                              f"(requirements-ray.txt)")
+    return mode
 
 
 def start_ray(address, num_cpus=None):
     """Connect to the Ray cluster at ``address`` or, for ``""``/None, start a local instance.
 
     A Ray already initialised in this process (a test's ``ray.init(num_cpus=2)``)
-    is used as it is.  Workers get this project on ``PYTHONPATH`` (so it must
-    be at the same path on every node) and one thread per library.
+    is used as it is.  For an address, ``check_ray_address`` finds the
+    cluster's authentication mode first and this sets ``RAY_AUTH_MODE`` to
+    it for this process (the token comes from where Ray looks for it).
+    Workers get this project on ``PYTHONPATH`` (so it must be at the same
+    path on every node) and one thread per library.
 
     Returns:
         True when this call started or connected Ray (the caller shuts it down).
 
     Raises:
-        BatchInputError: Ray is not installed, or the cluster cannot be reached.
+        BatchInputError: Ray is not installed, or the cluster cannot be reached,
+            authenticated or used (see ``check_ray_address``).
     """
     try:
         import ray
@@ -112,16 +229,31 @@ def start_ray(address, num_cpus=None):
     env = {"PYTHONPATH": str(PACKAGE.parent), "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
            "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     if address:
-        check_ray_address(address)
+        mode = check_ray_address(address)
+        if mode and os.environ.get("RAY_AUTH_MODE", "disabled").lower() != mode:
+            os.environ["RAY_AUTH_MODE"] = mode
+            from ray._raylet import Config
+
+            Config.initialize("")  # Ray read RAY_AUTH_MODE at import; as ray.init itself does
     try:
         ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise BatchInputError(f"cannot connect to Ray at {address or 'a new local instance'} ({e})") from None
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BatchInputError(f"cannot connect to Ray at {address or 'a new local instance'} ({reason})") from None
     return True
 
 
 def ray_rows(todo, config, labels, workers):
+    """Rows from Ray Data actors (``RayVideoWorker``), one video per task, on the Ray this process uses.
+
+    The actor pool grows to ``workers`` actors (0/None: the cluster's CPUs).
+    An actor lost with its node is restarted and its video retried by Ray
+    Data (``max_restarts=-1``); the temporaries it left are removed at the end.
+
+    Raises:
+        ray.exceptions.RayError: Ray Data gave up on a video (its actor kept dying).
+    """
     import ray
 
     context = ray.data.DataContext.get_current()
@@ -135,6 +267,8 @@ def ray_rows(todo, config, labels, workers):
                                   compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(size, len(todo))))
     for item in dataset.iter_rows():
         yield json.loads(item["row"])
+    for job in todo:  # an actor lost with its node (on a shared folder) leaves its temporaries behind
+        remove_job_partials(job)
 
 
 def pool_rows(todo, config, labels, workers, executors, run=process_video):
