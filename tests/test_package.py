@@ -20,7 +20,7 @@ def test_the_wheel_holds_only_the_package_with_its_shipped_files(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"fer_server"}
-    for shipped in ("model.json", "model_weights.h5", "templates/index.html", "demo/demo.mp4"):
+    for shipped in ("model.json", "model_weights.h5", "model.tflite", "templates/index.html", "demo/demo.mp4"):
         assert f"fer_server/data/{shipped}" in names
         member = zipfile.ZipFile(wheel).getinfo(f"fer_server/data/{shipped}")
         assert member.file_size == (ROOT / shipped).stat().st_size

@@ -15,7 +15,8 @@ import numpy as np
 
 from fer_server.atomic import write_atomic
 from fer_server.config import BACKENDS
-from fer_server.model.files import ModelInfo, first_line, load_model
+from fer_server.model.files import ModelInfo, ModelLoadError, first_line, load_model
+from fer_server.model.litert import FULL_INSTALL, load_tflite, tensorflow_installed
 from fer_server.model.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,27 @@ class Classifier:
             input shape, range 0,1 and temperature 1 is made from them).
         backend: ``"tflite"``, ``"tflite-int8"`` or ``"tf.function"``.
         threads: interpreter threads for TFLite.
+        interpreter: a ready TFLite interpreter to run instead of converting
+            ``model`` (``model.litert.load_tflite``'s, in the serve-only
+            install, where ``model`` is None).
 
     Attributes:
         labels, input_shape, input_range, temperature: from ``info``.
         input_size: the input height in pixels (the side of a square input).
+        name: the model's name (``info.name`` without a Keras model).
+        model: the Keras model, or None when only the TFLite file was loaded
+            (then ``can_explain`` is False: Grad-CAM needs the Keras graph).
     """
 
     BACKENDS = BACKENDS
 
     @quiet_tensorflow()
-    def __init__(self, model, info, backend="tflite", threads=2):
+    def __init__(self, model, info, backend="tflite", threads=2, *, interpreter=None):
         if not isinstance(info, ModelInfo):
             info = ModelInfo(tuple(info), tuple(int(d) for d in model.input_shape[1:]))
         self.model = model
         self.info = info
+        self.name = model.name if model is not None else info.name
         self.labels = info.labels
         self.input_shape = info.input_shape
         self.input_size = info.input_shape[0]
@@ -94,13 +102,11 @@ class Classifier:
         self.backend = backend
         if backend not in self.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; one of {', '.join(self.BACKENDS)}")
-        if backend.startswith("tflite"):
+        if interpreter is not None:
+            self._use_interpreter(interpreter)
+        elif backend.startswith("tflite"):
             try:
-                self._interpreter = _tflite_interpreter(model, threads, quantize=backend == "tflite-int8")
-                self._batch = None
-                # tensor indices, looked up once: get_*_details() builds dicts for every tensor
-                self._input = self._interpreter.get_input_details()[0]["index"]
-                self._output = self._interpreter.get_output_details()[0]["index"]
+                self._use_interpreter(_tflite_interpreter(model, threads, quantize=backend == "tflite-int8"))
             except Exception as e:  # noqa: BLE001 - any converter failure: fall back
                 log.warning("TensorFlow Lite conversion failed (%s); using tf.function", first_line(e))
                 self.backend = "tf.function"
@@ -112,17 +118,47 @@ class Classifier:
                 input_signature=[tf.TensorSpec([None, *self.input_shape], tf.float32)])
         self.predict(np.zeros((1, *self.input_shape), np.float32))  # warm up
 
+    def _use_interpreter(self, interpreter):
+        self._interpreter = interpreter
+        self._batch = None
+        # tensor indices, looked up once: get_*_details() builds dicts for every tensor
+        self._input = interpreter.get_input_details()[0]["index"]
+        self._output = interpreter.get_output_details()[0]["index"]
+
+    @property
+    def can_explain(self):
+        """True when the Keras model is loaded, so ``model.gradcam.GradCam`` can explain its scores."""
+        return self.model is not None
+
     @classmethod
-    def from_files(cls, model_path, weights_path=None, *, input_range=None, class_names=None, **kwargs):
+    def from_files(cls, model_path, weights_path=None, *, input_range=None, class_names=None,
+                   backend="tflite", threads=2):
         """``load_model`` (same arguments and ``ModelLoadError``), then a ``Classifier`` (``backend``, ``threads``).
 
         Runs inside ``quiet_tensorflow``, so every tool that loads a model this
         way (the server, the benchmarks, the train/ tools, batch workers)
         keeps TensorFlow's start-up lines off the console.
+
+        Without TensorFlow (the serve-only install, ``requirements-serve.txt``)
+        it runs the model's committed TensorFlow Lite file instead, checked by
+        ``model.litert.load_tflite``; only the ``tflite-int8`` backend exists
+        there, since that file holds the int8 model.
+
+        Raises:
+            ModelLoadError: the files cannot be loaded, or (without
+                TensorFlow) the ``.tflite`` file is missing, stale or wrong,
+                or another backend is asked for.
         """
         with quiet_tensorflow():
-            return cls(*load_model(model_path, weights_path, input_range=input_range, class_names=class_names),
-                       **kwargs)
+            if tensorflow_installed():
+                return cls(*load_model(model_path, weights_path, input_range=input_range, class_names=class_names),
+                           backend=backend, threads=threads)
+            if backend != "tflite-int8":
+                raise ModelLoadError(f"The {backend} backend needs TensorFlow ({FULL_INSTALL}); without it the "
+                                     f"server runs the model's int8 .tflite file (backend tflite-int8).")
+            interpreter, info = load_tflite(model_path, weights_path, input_range=input_range,
+                                            class_names=class_names, threads=threads)
+            return cls(None, info, backend, threads, interpreter=interpreter)
 
     def model_input(self, faces):
         """``faces`` as the model takes them: ``(N, H, W, C)`` float32, channels and range the model's.
@@ -182,7 +218,7 @@ def _model_digest(model, quantize):
     return digest.hexdigest()
 
 
-def _convert(model, quantize):
+def convert_to_tflite(model, quantize):
     """The TensorFlow Lite flatbuffer of ``model`` (float32, or int8 weights with ``quantize``)."""
     import io
 
@@ -222,7 +258,7 @@ def _tflite_interpreter(model, threads, quantize=False):
                 return tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
             except (ValueError, RuntimeError):  # a damaged cache file: convert again
                 log.warning("ignoring the unreadable cached model %s", path)
-        flatbuffer = _convert(model, quantize)
+        flatbuffer = convert_to_tflite(model, quantize)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, lambda tmp: tmp.write_bytes(flatbuffer))

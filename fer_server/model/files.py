@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from fer_server.atomic import write_atomic
@@ -61,12 +60,15 @@ class ModelInfo:
             to (one of ``INPUT_RANGES``).
         temperature: > 0; probabilities ``p`` are served as
             ``softmax(log(p) / temperature)`` (1.0: unchanged).
+        name: the model's name (the Keras model's ``name``), shown in the
+            API's ``model`` field.
     """
 
     labels: tuple
     input_shape: tuple = (48, 48, 1)
     input_range: tuple = (0.0, 1.0)
     temperature: float = 1.0
+    name: str = "unknown"
 
 
 def parse_input_range(value):
@@ -164,6 +166,8 @@ def load_model(model_path, weights_path=None, *, input_range=None, class_names=N
     info = _model_info(model, config, model_path, input_range, class_names)
     if not weights_path.is_file():
         raise ModelLoadError(f"Cannot read the model weights {weights_path}: no such file.")
+    import h5py  # deferred, with Keras: the serve-only install (model.litert) needs neither
+
     try:
         with h5py.File(weights_path, "r") as f:
             load_classic_weights(model, f, weights_path, model_path)
@@ -278,6 +282,8 @@ def load_classic_weights(model, group, weights_path, model_path):
 
 
 def _load_whole_h5(path):
+    import h5py
+
     try:
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
@@ -317,11 +323,30 @@ def _model_info(model, metadata, path, input_range, class_names):
     """Check the model's input and output shapes and gather its ``ModelInfo``."""
     if len(model.inputs) != 1:
         raise ModelLoadError(f"{path} takes {len(model.inputs)} inputs, not one image.")
-    shape = tuple(model.inputs[0].shape)
+    outputs = model.outputs[0].shape if len(model.outputs) == 1 else None
+    return model_info(tuple(model.inputs[0].shape), outputs, metadata, path, input_range, class_names, model.name)
+
+
+def model_info(shape, outputs, metadata, path, input_range=None, class_names=None, name="unknown"):
+    """Check a model's input and output shapes and gather its ``ModelInfo`` (for Keras and TFLite models).
+
+    Args:
+        shape: the input's shape, ``(N, H, W, C)``.
+        outputs: the one output's shape, ``(N, K)``, or None for a model
+            with several outputs.
+        metadata: ``model.json``'s top-level object (``class_names``,
+            ``input_range``, ``temperature``), or ``{}``.
+        path: the file named in errors.
+        input_range, class_names: overrides, as ``load_model`` takes them
+            (already parsed).
+        name: the model's name.
+
+    Raises:
+        ModelLoadError: one sentence naming ``path``.
+    """
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:3]) or shape[3] not in (1, 3):
         raise ModelLoadError(f"{path} takes inputs of shape {shape[1:]}, not an image (height, width and 1 or "
                              f"3 channels).")
-    outputs = model.outputs[0].shape if len(model.outputs) == 1 else None
     if outputs is None or len(outputs) != 2 or not outputs[1]:
         raise ModelLoadError(f"{path} does not give one vector of class probabilities per image.")
     try:
@@ -343,7 +368,7 @@ def _model_info(model, metadata, path, input_range, class_names):
         raise ModelLoadError(f"{path} carries a bad {INPUT_RANGE_KEY} or {TEMPERATURE_KEY} ({e}).") from None
     if not (np.isfinite(temperature) and temperature > 0):
         raise ModelLoadError(f"{path} carries a temperature of {temperature}; it must be a number above 0.")
-    return ModelInfo(tuple(labels), tuple(int(d) for d in shape[1:]), input_range, temperature)
+    return ModelInfo(tuple(labels), tuple(int(d) for d in shape[1:]), input_range, temperature, name)
 
 
 def _text(value):
@@ -421,6 +446,7 @@ def save_classic_weights(model, path):
     (the shipped pair, whose kernels were rounded to float16 in training,
     from 29.5 to about 16 MB).
     """
+    import h5py
     import keras
 
     with h5py.File(path, "w") as f:

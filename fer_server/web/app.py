@@ -5,12 +5,13 @@ The two live streams, ``/video_feed`` and ``/api/events``, are served by
 """
 import threading
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, abort, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from fer_server.builders import build_cameras, build_pipeline
 from fer_server.capture.camera_set import Cameras, UnknownSourceError
 from fer_server.config import ROOT, Config
+from fer_server.model.litert import FULL_INSTALL
 from fer_server.web.guards import too_large_message
 from fer_server.web.uploads import ImageError, decode_image
 from fer_server.web.payloads import faces_payload, live_payload, model_name, with_explanations
@@ -36,7 +37,9 @@ def create_app(config=None, camera=None):
         ``GET /api/faces?source=``: the faces of the latest frame.
         ``?explain=1`` on ``/api/faces`` and ``/api/predict`` adds to each face an
             ``explanation``: ``{"class": label, "heatmap": "data:image/png;base64,..."}``,
-            its Grad-CAM map (``model.gradcam.GradCam``) over the classifier's crop.
+            its Grad-CAM map (``model.gradcam.GradCam``) over the classifier's crop;
+            501 JSON in the serve-only install (no TensorFlow), whose page
+            hides the toggle.
         ``GET /api/history?source=&seconds=60``: the recorded rows of the
             last ``seconds`` (at most ``capture.recording.HISTORY_S``), with
             ``--record`` only (404 JSON otherwise).
@@ -57,9 +60,14 @@ def create_app(config=None, camera=None):
     explainers = []  # the GradCam, made at the first request that asks (it traces a graph)
     explainer_lock = threading.Lock()
 
+    can_explain = getattr(classifier, "can_explain", classifier is not None)
+
     def explained(payload, faces):
         if request.args.get("explain", "").lower() not in ("1", "true", "yes", "on") or classifier is None:
             return payload
+        if not can_explain:
+            abort(501, description=f"Grad-CAM explanations need TensorFlow, which this serve-only install leaves "
+                                   f"out: {FULL_INSTALL}")
         with explainer_lock:
             if not explainers:
                 from fer_server.model.gradcam import GradCam
@@ -92,7 +100,7 @@ def create_app(config=None, camera=None):
     def index():
         return render_template("index.html", source=camera.name, notice=camera.notice,
                                sources=[{"name": name, "label": c.name} for name, c in cameras],
-                               labels=list(classifier.labels) if classifier else [])
+                               labels=list(classifier.labels) if classifier else [], explain=can_explain)
 
     def health(one, recorder):
         age = one.seconds_since_frame()

@@ -6,8 +6,8 @@ from fer_server.capture.mjpeg import event_message
 
 
 def model_name(classifier):
-    """The Keras model's name, or ``"unknown"`` without a classifier."""
-    return getattr(getattr(classifier, "model", None), "name", "unknown")
+    """The model's name, or ``"unknown"`` without a classifier."""
+    return getattr(classifier, "name", "unknown")
 
 
 def faces_payload(faces, width, height, model):
