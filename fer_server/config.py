@@ -81,8 +81,18 @@ class Config:
             full frame.
         detect_width: frames wider than this many pixels are downscaled to
             it for face detection (0: full resolution).
-        detect_every: full-frame face detection every this many frames;
-            faces are tracked in between.
+        detect_every: frames over which one full-frame face search is
+            spread, one band of its scale pyramid per frame (see
+            ``vision.tracker``); known faces are followed on every frame and
+            a new face is found within this many frames.
+        still_threshold: a band of the spread face search is not run again
+            while the frame's thumbnail (cells of half ``min_face_px``) differs from
+            the one it last ran on by less than this many grey levels in
+            every cell; 0 runs every band in its turn.
+        spread_search: spread the full-frame search over ``detect_every``
+            frames; off, the whole search runs on one frame in
+            ``detect_every`` (and on every frame without a face), as before
+            (for comparisons).
         smoothing: weight of the past in each tracked face's exponential
             moving average of probabilities; 0 turns smoothing off.
         image_detect_width: like ``detect_width``, for uploaded images.
@@ -156,6 +166,8 @@ class Config:
     min_face_px: int = 40
     detect_width: int = 320
     detect_every: int = 10
+    still_threshold: float = 2.0
+    spread_search: bool = True
     smoothing: float = 0.6
     crop_margin: float = 0.0
     image_detect_width: int = 1280

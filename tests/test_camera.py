@@ -142,6 +142,40 @@ def test_frames_are_jpeg_parts(make_camera, clip, pass_through):
     assert not frame.placeholder
 
 
+class CountingPipeline:
+    """A pipeline stand-in counting the frames drawn (``process``) and those only analysed (``find_faces``)."""
+
+    def __init__(self):
+        self.drawn = self.analysed = 0
+
+    def process(self, frame):
+        self.drawn += 1
+        return frame, []
+
+    def find_faces(self, frame):
+        self.analysed += 1
+        return []
+
+
+def test_without_viewers_frames_are_analysed_but_neither_drawn_nor_encoded(make_camera, clip, monkeypatch):
+    encoded = []
+    real_imencode = cv2.imencode
+    monkeypatch.setattr(cv2, "imencode", lambda *a, **k: encoded.append(1) or real_imencode(*a, **k))
+    pipeline = CountingPipeline()
+    observed = []
+    camera = make_camera(str(clip), pipeline, pace=False, on_frame=observed.append)
+    camera.keep_running()  # as for a recorded source: frames flow with nobody watching
+    deadline = time.monotonic() + 10
+    while len(observed) < 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert pipeline.drawn == 0 and pipeline.analysed >= 10 and encoded == []
+    assert all(f.jpeg is None and f.part is None and "encode" not in f.timings for f in observed)
+    watched = take(camera, 3)  # a viewer: the next frames are drawn and encoded
+    assert all(f.jpeg is not None and f.part == mjpeg_part(f.jpeg) for f in watched)
+    assert pipeline.drawn >= 3 and len(encoded) >= 3
+
+
 def test_unopenable_file_ends_the_stream_with_an_error(make_camera, pass_through, tmp_path):
     camera = make_camera(str(tmp_path / "gone.mp4"), pass_through, open_capture=lambda s: Closed())
     assert list(camera.frames()) == []

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -109,3 +111,140 @@ def test_smoothing_is_an_exponential_moving_average(clip):
         assert faces[0].label == "ABC"[int(np.argmax(want))]
     with pytest.raises(ValueError):
         FramePipeline(FaceDetector(), classifier, smoothing=1.0)
+
+
+# --- the spread full-frame search -------------------------------------------------------------------
+
+class SpyDetector(FaceDetector):
+    """A ``FaceDetector`` that records every band searched and every whole-frame search."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bands_searched, self.full_searches = [], 0
+
+    def band_hits(self, gray, band):
+        self.bands_searched.append(band)
+        return super().band_hits(gray, band)
+
+    def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
+        if min_px is None and max_px is None:
+            self.full_searches += 1
+        return super().detect(gray, min_px, max_px, scale, min_neighbors)
+
+
+def test_linear_partition_minimises_the_dearest_group():
+    from fer_server.vision.detector import _linear_partition
+
+    # worked by hand: no split of [5 1 1 1 1 1] into 3 beats a dearest group of 5 (5 is one element)
+    groups = _linear_partition([5, 1, 1, 1, 1, 1], 3)
+    assert groups[0] == (0, 1) and groups[-1][1] == 6 and all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    assert max(sum([5, 1, 1, 1, 1, 1][a:b]) for a, b in groups) == 5
+    # [1 2 | 3 | 4]: the best 3-split of 1..4 has dearest 4 (e.g. [1 2 | 3 | 4])
+    assert _linear_partition([1, 2, 3, 4], 3) == [(0, 2), (2, 3), (3, 4)]
+    assert _linear_partition([2, 2, 2, 2], 2) == [(0, 2), (2, 4)]
+
+
+def test_the_bands_cover_the_pyramid_once_each_within_the_cost_bound():
+    detector = FaceDetector(scale_factor=1.15, min_face_px=40, detect_width=320)
+    for shape, k in (((528, 720), 10), ((480, 640), 10), ((240, 320), 3), ((1080, 1920), 6), ((240, 320), 40)):
+        levels = detector.pyramid(shape)
+        sides = [side for side, _ in levels]
+        bands = detector.bands(shape, k)
+        assert len(bands) == k
+        covered = sorted(side for band in bands if band for side in sides if band[0] <= side <= band[1])
+        assert covered == sides  # every level in exactly one band
+        cost = {side: c for side, c in levels}
+        dearest = max(sum(cost[s] for s in sides if b[0] <= s <= b[1]) for b in bands if b)
+        assert dearest <= max(max(cost.values()), sum(cost.values()) / k) * 2 + 1e-9
+        if len(sides) >= k:
+            assert None not in bands
+    # the pyramid replays OpenCV's loop: 320 px wide at scale 1, min face 40 -> the first window side >= 40
+    assert detector.pyramid((240, 320))[0][0] == round(24 * 1.15 ** 4) == 42
+
+
+def test_the_hits_of_every_band_grouped_are_the_full_search(clip):
+    # On one frame, the union of the bands' raw hits, grouped, is exactly detectMultiScale's answer.
+    detector = FaceDetector(scale_factor=1.15, min_face_px=40, detect_width=320)
+    megamind = cv2.resize(cv2.imread(str(Path(__file__).parent / "fixtures" / "faces" / "happy.png"),
+                                     cv2.IMREAD_GRAYSCALE), (200, 200))
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in read_frames(clip)[::5]]
+    big = np.full((480, 640), 120, np.uint8)
+    big[100:300, 300:500] = megamind
+    found = 0
+    for gray in frames + [big]:
+        bands = [b for b in detector.bands(gray.shape, 10) if b]
+        hits = np.concatenate([detector.band_hits(gray, b) for b in bands])
+        grouped = detector.group_hits(hits, hits, gray.shape)
+        full = detector.detect(gray)
+        assert sorted(map(tuple, grouped.tolist())) == sorted(map(tuple, full.tolist()))
+        found += len(full)
+    assert found >= len(frames)  # the frames do hold faces: the comparison is not of two empty lists
+
+
+def test_no_frame_searches_more_than_one_band_and_k_frames_search_them_all(clip):
+    k = 5
+    spy = SpyDetector()
+    tracker = FaceTracker(spy, detect_every=k)
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in read_frames(clip)]
+    tracker.update(frames[0])
+    assert spy.full_searches == 1 and spy.bands_searched == []  # the first frame: the whole search at once
+    bands = set(b for b in spy.bands(frames[0].shape, k) if b)
+    for start in range(1, 1 + 3 * k, k):
+        spy.bands_searched = []
+        for frame in frames[start:start + k]:
+            before = len(spy.bands_searched)
+            tracker.update(frame)
+            assert len(spy.bands_searched) - before <= 1
+        assert set(spy.bands_searched) == bands  # any k frames in a row search every band
+    assert spy.full_searches == 1
+
+
+@pytest.mark.parametrize("k", [4, 10])
+def test_a_face_pasted_in_at_frame_n_is_boxed_by_frame_n_plus_k(faces, k):
+    a, b = faces["Happy"], faces["Surprise"]
+    for entry in range(1, k + 2):  # every phase of the band cycle
+        tracker = FaceTracker(FaceDetector(), detect_every=k)
+        found = None
+        for n in range(entry + 2 * k):
+            frame = canvas_with([a, b], [(20, 60), (260, 60)]) if n >= entry else canvas_with([a], [(20, 60)])
+            tracks = tracker.update(frame)
+            if found is None and any(t.box[0] > 200 for t in tracks):
+                found = n
+        assert found is not None and found - entry < k, (entry, found)
+        x, y, w, h = next(t.box for t in tracker.tracks if t.box[0] > 200)
+        assert abs(x + w / 2 - 315) <= 10 and abs(y + h / 2 - 115) <= 10  # on the pasted face (centre 315, 115)
+
+
+def test_an_unchanged_frame_skips_the_band_search_and_a_changed_one_does_not(faces):
+    k = 4
+    spy = SpyDetector()
+    tracker = FaceTracker(spy, detect_every=k, still_threshold=2.0)
+    still = canvas_with([faces["Happy"]], [(20, 60)])
+    for _ in range(1 + k):  # the first frame, then one search of each band
+        tracker.update(still)
+    searched = len(spy.bands_searched)
+    for _ in range(2 * k):
+        tracker.update(still)
+        assert tracker.last_skipped and len(spy.bands_searched) == searched
+    assert len(tracker.tracks) == 1  # the followed face stays
+    changed = canvas_with([faces["Happy"], faces["Surprise"]], [(20, 60), (260, 60)])
+    tracker.update(changed)
+    assert not tracker.last_skipped and len(spy.bands_searched) == searched + 1
+    for _ in range(k):
+        tracker.update(changed)
+    assert len(tracker.tracks) == 2
+    # a noise-free copy of the same picture (every cell within 2 grey levels) counts as unchanged
+    nudged = np.clip(changed.astype(int) + 1, 0, 255).astype(np.uint8)
+    searched = len(spy.bands_searched)
+    for _ in range(k):
+        tracker.update(nudged)
+    assert len(spy.bands_searched) == searched
+
+
+def test_without_a_threshold_every_band_is_searched_in_its_turn(faces):
+    spy = SpyDetector()
+    tracker = FaceTracker(spy, detect_every=4, still_threshold=0.0)
+    still = canvas_with([faces["Happy"]], [(20, 60)])
+    for _ in range(9):
+        tracker.update(still)
+    assert len(spy.bands_searched) == 8 and not tracker.last_skipped

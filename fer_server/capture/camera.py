@@ -30,8 +30,9 @@ class Frame:
 
     Attributes:
         seq: publication number, increasing for the Camera's lifetime.
-        jpeg: the annotated frame, JPEG-encoded.
-        part: ``jpeg`` wrapped as one ``multipart/x-mixed-replace`` part.
+        jpeg: the annotated frame, JPEG-encoded; None for a frame analysed
+            while no viewer was connected (neither drawn nor encoded).
+        part: ``jpeg`` wrapped as one ``multipart/x-mixed-replace`` part (None with it).
         faces: the ``vision.frames.Face`` list of this frame.
         width, height: frame size in pixels.
         timings: ms per stage for this frame: ``decode``, the pipeline's
@@ -112,6 +113,8 @@ class Viewer:
             run ended and every frame of that run was handed out.
         """
         frame, over = self._camera.newest(self._run)
+        if frame is not None and frame.jpeg is None:  # analysed while nobody watched: not drawn
+            frame = None
         if over and (frame is None or frame.seq <= self._last or self._camera.closed):
             return None, True
         if frame is None or (frame.seq <= self._last and not repeat):
@@ -391,8 +394,13 @@ class Camera:
     def _process(self, frame, failures):
         """Run the pipeline on one frame and publish it; returns the failures in a row."""
         started = time.perf_counter()
+        # Nobody watching (a recorded source with no viewer): the faces, without drawing or JPEG.
+        watched = self._clients > 0 or not hasattr(self.pipeline, "find_faces")
         try:
-            annotated, faces = self.pipeline.process(frame)
+            if watched:
+                annotated, faces = self.pipeline.process(frame)
+            else:
+                annotated, faces = None, self.pipeline.find_faces(frame)
         except Exception:
             failures += 1
             log.exception("processing a frame of %s failed (%d in a row)", self.name, failures)
@@ -400,15 +408,19 @@ class Camera:
                 raise
             return failures
         processed = time.perf_counter()
-        ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        ok, jpeg = True, None
+        if watched:
+            ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if ok:
             done = time.perf_counter()
             decode_ms = self.video.decode_ms
             timings = {"decode": decode_ms, **getattr(self.pipeline, "timings", {}),
-                       "encode": (done - processed) * 1e3, "total": decode_ms + (done - started) * 1e3}
+                       "total": decode_ms + (done - started) * 1e3}
+            if watched:
+                timings["encode"] = (done - processed) * 1e3
             self.frames_processed += 1
             self._last_frame_at = time.monotonic()
-            self._publish(jpeg.tobytes(), faces, frame.shape[1], frame.shape[0], timings)
+            self._publish(None if jpeg is None else jpeg.tobytes(), faces, frame.shape[1], frame.shape[0], timings)
         return 0
 
     def _publish_placeholder(self, text):
@@ -427,7 +439,7 @@ class Camera:
             reset()
 
     def _publish(self, jpeg, faces, width, height, timings, placeholder=False):
-        part = mjpeg_part(jpeg, "placeholder" if placeholder else "frame")
+        part = None if jpeg is None else mjpeg_part(jpeg, "placeholder" if placeholder else "frame")
         with self._cond:
             self._seq += 1
             self._frame = frame = Frame(self._seq, jpeg, part, faces, width, height, timings, placeholder)

@@ -33,6 +33,10 @@ class FaceDetector:
         self.min_face_px = min_face_px
         self.detect_width = detect_width
 
+    def search_scale(self, width):
+        """The downscale factor ``detect`` applies to a frame ``width`` pixels wide (1.0: none)."""
+        return self.detect_width / width if self.detect_width and width > self.detect_width else 1.0
+
     def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
         """Find faces in a ``(H, W)`` uint8 grayscale frame or part of one.
 
@@ -49,12 +53,9 @@ class FaceDetector:
             ``(N, 4)`` int32 array of ``(x, y, w, h)`` boxes in pixels of ``gray``.
         """
         if scale is None:
-            scale = 1.0
-            if self.detect_width and gray.shape[1] > self.detect_width:
-                scale = self.detect_width / gray.shape[1]
+            scale = self.search_scale(gray.shape[1])
         if scale < 1.0:
-            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
-                              interpolation=cv2.INTER_AREA)
+            gray = _shrink(gray, scale)
         else:
             scale = 1.0
         min_side = max(self.WINDOW_PX, round((min_px or self.min_face_px) * scale))
@@ -62,10 +63,125 @@ class FaceDetector:
         if max_side and max_side < min_side or min(gray.shape[:2]) < min_side:
             return np.zeros((0, 4), np.int32)
         boxes = self.cascade.detectMultiScale(
-            gray, scaleFactor=self.scale_factor, minNeighbors=min_neighbors or self.min_neighbors,
+            gray, scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors if min_neighbors is None else min_neighbors,
             minSize=(min_side, min_side), maxSize=(max_side, max_side))
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         return np.round(boxes / scale).astype(np.int32)
+
+    def pyramid(self, shape):
+        """The scale levels of a full ``detect`` of a frame of ``shape``: ``[(window side, cost)]``.
+
+        Replays the level loop of OpenCV's ``CascadeClassifier.detectMultiScale``
+        (modules/objdetect/src/cascadedetect.cpp): factors ``scale_factor**i``
+        from 1, window side ``round(24 * factor)`` pixels of the downscaled
+        image, levels below the smallest face skipped, the loop ending where
+        the window outgrows the image.  The cost of a level is the number of
+        window positions it evaluates: the image shrunk by the factor, with a
+        stride of 2 pixels below a factor of 2 and 1 from there (the same
+        file), which matches the measured time per level within its noise
+        (docs/benchmarks.md).
+
+        Args:
+            shape: ``(H, W, ...)`` of the frame in pixels.
+
+        Returns:
+            One ``(side, cost)`` per level, sides increasing, costs relative.
+        """
+        scale = self.search_scale(shape[1])
+        width, height = max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))
+        min_side = max(self.WINDOW_PX, round(self.min_face_px * scale))
+        levels, factor = [], 1.0
+        while True:
+            side = round(self.WINDOW_PX * factor)
+            if side > min(width, height):
+                return levels
+            if side >= min_side:
+                step = 1 if factor >= 2 else 2
+                levels.append((side, (width / factor) * (height / factor) / step ** 2))
+            factor *= self.scale_factor
+
+    def bands(self, shape, n):
+        """The full search of a frame of ``shape`` split into ``n`` bands of scale levels of near-equal cost.
+
+        Searching each band once (``band_hits(gray, band)``) runs every
+        level of one full ``detect`` exactly once: the bands are contiguous,
+        disjoint and cover the pyramid.  Each band's cost is at most the
+        larger of the dearest single level and the full search's cost over
+        ``n`` (a linear partition, minimising the dearest band).
+
+        Args:
+            shape: ``(H, W, ...)`` of the frame in pixels.
+            n: the number of bands (``FaceTracker``'s ``detect_every``).
+
+        Returns:
+            ``n`` entries, each ``(min side, max side)`` in pixels of the
+            downscaled image, or None for a band with no level (a pyramid of
+            fewer than ``n`` levels); the dearest bands first, since the
+            smallest faces lie there.
+        """
+        levels = self.pyramid(shape)
+        # merge equal sides (scale factors near 1): a band boundary cannot fall between them
+        sides, costs = [], []
+        for side, cost in levels:
+            if sides and sides[-1] == side:
+                costs[-1] += cost
+            else:
+                sides.append(side)
+                costs.append(cost)
+        m = len(sides)
+        if m == 0:
+            return [None] * n
+        groups = _linear_partition(costs, min(n, m))
+        bands = [(sides[a], sides[b - 1]) for a, b in groups]
+        order = sorted(range(len(bands)), key=lambda i: -sum(costs[groups[i][0]:groups[i][1]]))
+        return [bands[i] for i in order] + [None] * (n - len(bands))
+
+    def band_hits(self, gray, band):
+        """The cascade's raw hits (before grouping) in one band of a full search of frame ``gray``.
+
+        Args:
+            gray: ``(H, W)`` uint8 grayscale frame.
+            band: ``(min side, max side)``, one of ``bands(gray.shape, n)``.
+
+        Returns:
+            ``(N, 4)`` int32 ``(x, y, w, h)`` in pixels of the downscaled
+            image ``detect`` searches (``search_scale``), for ``group_hits``.
+        """
+        scale = self.search_scale(gray.shape[1])
+        if scale < 1.0:
+            gray = _shrink(gray, scale)
+        hits = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=0,
+                                             minSize=(band[0], band[0]), maxSize=(band[1], band[1]))
+        return np.asarray(hits, np.int32).reshape(-1, 4)
+
+    def group_hits(self, hits, fresh, shape):
+        """Group raw hits into faces as ``detect`` does, keeping the faces that ``fresh`` hits support.
+
+        ``detectMultiScale`` groups its hits with ``groupRectangles(hits,
+        min_neighbors, 0.2)``; grouping the hits of every band of one frame
+        gives exactly ``detect``'s boxes (tests/test_tracker.py checks it).
+
+        Args:
+            hits: ``(N, 4)`` ``band_hits`` of several bands (all of them:
+                the full search).
+            fresh: ``(M, 4)`` the hits of this frame's own search; a face
+                is returned only if one of them overlaps it (IoU >= 0.3), so
+                hits of a face that has gone cannot bring it back.
+            shape: the frame's ``(H, W, ...)``.
+
+        Returns:
+            ``(K, 4)`` int32 boxes in pixels of the frame.
+        """
+        from fer_server.vision.tracker import iou
+
+        if len(hits) == 0:
+            return np.zeros((0, 4), np.int32)
+        grouped, _ = cv2.groupRectangles(np.asarray(hits).tolist(), self.min_neighbors, 0.2)
+        grouped = np.asarray(grouped, np.float64).reshape(-1, 4)
+        keep = [g for g in grouped if any(iou(g, f) >= 0.3 for f in fresh)]
+        scale = self.search_scale(shape[1])
+        return np.round(np.asarray(keep, np.float64).reshape(-1, 4) / scale).astype(np.int32)
 
     def detect_padded(self, gray, pad, min_side_px=0):
         """``detect`` on ``gray`` widened by a replicated border, boxes mapped back.
@@ -117,6 +233,36 @@ class FaceDetector:
         centre = boxes[:, :2] + boxes[:, 2:] / 2
         inside = ((centre >= 0) & (centre < np.array([width, height]))).all(1)
         return boxes[inside]
+
+def _shrink(gray, scale):
+    """``gray`` downscaled by ``scale`` < 1 (area averaging), as every search downscales it."""
+    return cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def _linear_partition(costs, k):
+    """Split ``costs`` into ``k`` contiguous non-empty groups minimising the largest group sum.
+
+    Dynamic programming over prefix sums, O(k n^2) (n is a pyramid's 10-30
+    levels).  Returns ``k`` ``(start, end)`` index pairs.
+    """
+    n = len(costs)
+    prefix = np.concatenate([[0.0], np.cumsum(costs)])
+    best = np.full((k + 1, n + 1), np.inf)
+    cut = np.zeros((k + 1, n + 1), int)
+    best[0, 0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(j, n + 1):
+            for c in range(j - 1, i):
+                worst = max(best[j - 1, c], prefix[i] - prefix[c])
+                if worst < best[j, i]:
+                    best[j, i], cut[j, i] = worst, c
+    groups, end = [], n
+    for j in range(k, 0, -1):
+        groups.append((int(cut[j, end]), int(end)))
+        end = cut[j, end]
+    return groups[::-1]
+
 
 def clip_boxes(boxes, shape):
     """Clip ``(N, 4)`` ``(x, y, w, h)`` boxes to an image of ``shape`` ``(H, W, ...)``.

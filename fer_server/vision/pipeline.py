@@ -21,9 +21,10 @@ class FramePipeline:
         detector: a ``FaceDetector``.
         classifier: a ``model.classifier.Classifier``.
         crop_margin: see ``crop_faces``.
-        detect_every: full-frame detection every this many frames, faces
-            tracked in between (see ``vision.tracker.FaceTracker``); 1 detects on
-            every frame.
+        detect_every: frames over which one full-frame search is spread,
+            faces followed on every frame (see ``vision.tracker.FaceTracker``);
+            1 searches the whole frame on every frame.
+        still_threshold, spread: ``FaceTracker``'s.
         smoothing: weight of the past in the exponential moving average of
             each tracked face's probabilities, in [0, 1); 0 shows each
             frame's raw probabilities.
@@ -36,7 +37,7 @@ class FramePipeline:
     """
 
     def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0, image_pad=0.0,
-                 image_min_side_px=0):
+                 image_min_side_px=0, still_threshold=0.0, spread=True):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         if image_pad < 0:
@@ -49,7 +50,7 @@ class FramePipeline:
         self.classifier = classifier
         self.crop_margin = crop_margin
         self.smoothing = smoothing
-        self.tracker = FaceTracker(detector, detect_every)
+        self.tracker = FaceTracker(detector, detect_every, still_threshold=still_threshold, spread=spread)
         self._smoothed = {}  # track id -> (C,) float32 probabilities
         #: ms spent on the last frame per stage: ``detect`` (grayscale, detection or
         #: tracking), ``classify`` (crop, inference, smoothing), ``draw``.

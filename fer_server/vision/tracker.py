@@ -1,11 +1,21 @@
-"""Face tracking between detections, with stable ids.
+"""Face tracking between detections, with stable ids, and the full-frame search spread over frames.
 
-A full-frame Haar search costs most of a frame's time.  ``FaceTracker`` runs
-it only every ``detect_every`` frames; on the frames between, it searches a
-window around each tracked face, at scales near the face's size, which costs
-a small fraction of the full search.  Each face keeps an integer id for as
-long as it is tracked, so its probabilities can be smoothed over time.
+A full-frame Haar search costs most of a frame's time.  ``FaceTracker``
+follows each known face on every frame by searching a window around it, at
+scales near its size, which costs a small fraction of the full search.  New
+faces come from the full search, which is not run on one frame in
+``detect_every``: its scale pyramid is split into ``detect_every`` bands of
+near-equal cost (``FaceDetector.bands``) and each frame searches one band,
+so the whole pyramid is searched every ``detect_every`` frames at the same
+total cost and no frame pays for all of it.  The bands return the cascade's
+raw hits; the hits of the latest search of every band are grouped together
+as ``detectMultiScale`` groups them, which on an unchanged frame gives
+exactly the full search's faces.  A band whose picture has not changed
+since its last search (a thumbnail compared cell by cell) is not searched
+again.  Each face keeps an integer id for as long as it is tracked, so its
+probabilities can be smoothed over time.
 """
+import cv2
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,34 +43,51 @@ class Track:
 
 
 class FaceTracker:
-    """Detect every ``detect_every`` frames, follow faces in between.
+    """Follow known faces on every frame; find new ones with the spread full-frame search.
 
     Args:
         detector: a ``vision.detector.FaceDetector``.
-        detect_every: frames between full-frame detections (k); 1 detects
-            on every frame.  A face entering the picture is found within k
-            frames.
+        detect_every: frames per full-frame search (k): the search is
+            spread over k frames, one band of its scale pyramid each; a face
+            entering the picture is found within k frames.  1 searches the
+            whole frame on every frame.
         search_margin: the window searched around a tracked face extends
             this fraction of its side on every side.
         max_missed: a face not found for more frames than this is dropped;
-            until then its last box is kept (default: ``detect_every``, so
-            the next full detection confirms or drops it).
+            until then its last box is kept (default: ``detect_every``).
         match_iou: a detection continues a track when their boxes overlap
             at least this much (intersection over union).
+        still_threshold: a band is not searched again while the frame's
+            thumbnail (cells of half the smallest face's side) differs from
+            the one it was last searched on by less than this many grey
+            levels in every cell; its earlier hits stand.  0 searches every
+            band when its turn comes.
+        spread: False runs the whole search on one frame in k (and on every
+            frame while no face is tracked), as before the spread search
+            (kept for comparisons: ``bench``, ``docs/benchmarks.md``).
     """
 
     TRACK_PX = 32  # face side, in pixels, at which a tracked face is searched for
     TRACK_NEIGHBORS = 3  # near a known face, fewer overlapping hits suffice
 
-    def __init__(self, detector, detect_every=5, search_margin=0.5, max_missed=None, match_iou=0.3):
+    def __init__(self, detector, detect_every=5, search_margin=0.5, max_missed=None, match_iou=0.3,
+                 still_threshold=0.0, spread=True):
         self.detector = detector
         self.detect_every = max(1, int(detect_every))
         self.search_margin = search_margin
         self.max_missed = self.detect_every if max_missed is None else max_missed
         self.match_iou = match_iou
+        self.still_threshold = float(still_threshold)
+        self.spread = spread and self.detect_every > 1
         self.tracks = []
         self._frame = 0
         self._next_id = 1
+        self._bands = (None, [])  # (frame shape, FaceDetector.bands of it)
+        self._hits = {}  # band index -> (N, 4) raw hits of its latest search, pixels of the searched image
+        self._thumbs = {}  # band index -> the thumbnail it was last searched on
+        #: The band searched on the last frame (None: none, or the whole pyramid), and
+        #: whether the last frame's search was skipped as unchanged; for tests and metrics.
+        self.last_band, self.last_skipped = None, False
 
     def update(self, gray):
         """Advance by one frame.
@@ -71,10 +98,17 @@ class FaceTracker:
         Returns:
             The live ``Track`` list, each with its box in this frame.
         """
-        if self._frame % self.detect_every == 0 or not self.tracks:
+        if not self.spread:
+            if self._frame % self.detect_every == 0 or not self.tracks:
+                self._associate(self.detector.detect(gray))
+            else:
+                self._follow(gray)
+        elif self._frame == 0:  # the first frame of a source: the whole search, at once
+            self.last_band, self.last_skipped = None, False
             self._associate(self.detector.detect(gray))
         else:
             self._follow(gray)
+            self._search_band(gray)
         self._frame += 1
         return list(self.tracks)
 
@@ -87,8 +121,53 @@ class FaceTracker:
         """
         self.tracks = []
         self._frame = 0
+        self._hits, self._thumbs = {}, {}
         if restart_ids:
             self._next_id = 1
+
+    def _search_band(self, gray):
+        """Search this frame's band and group the hits of every band's latest search.
+
+        A face the grouping shows (with this frame's hits among its own)
+        re-anchors the track it overlaps (IoU >= ``match_iou``), or starts a
+        track unless its centre lies in a tracked face's box.
+        """
+        if self._bands[0] != gray.shape:
+            self._bands = (gray.shape, self.detector.bands(gray.shape, self.detect_every))
+            self._hits, self._thumbs = {}, {}
+        index = self._frame % self.detect_every
+        band = self._bands[1][index]
+        self.last_band, self.last_skipped = index, False
+        if band is None:
+            return
+        thumb = self._thumbnail(gray) if self.still_threshold > 0 else None
+        previous = self._thumbs.get(index)
+        if previous is not None and np.abs(thumb - previous).max() < self.still_threshold:
+            self.last_skipped = True
+            fresh = self._hits.get(index, np.zeros((0, 4), np.int32))
+        else:
+            fresh = self.detector.band_hits(gray, band)
+            self._hits[index] = fresh
+            if thumb is not None:
+                self._thumbs[index] = thumb
+        if len(fresh) == 0:
+            return  # no new evidence on this frame: nothing new to start
+        hits = np.concatenate(list(self._hits.values()))
+        for box in self.detector.group_hits(hits, fresh, gray.shape):
+            box = tuple(int(v) for v in box)
+            scores = [iou(t.box, box) for t in self.tracks]
+            if scores and max(scores) >= self.match_iou:  # a known face: the full search's box is the better
+                track = self.tracks[int(np.argmax(scores))]
+                track.box, track.missed = box, 0
+            elif not any(_inside(box, t.box) for t in self.tracks):
+                self.tracks.append(Track(self._next_id, box))
+                self._next_id += 1
+
+    def _thumbnail(self, gray):
+        """``gray`` shrunk to cells of half the smallest face's side (float32 grey levels)."""
+        cell = max(4.0, self.detector.min_face_px / 2)
+        size = (max(1, int(np.ceil(gray.shape[1] / cell))), max(1, int(np.ceil(gray.shape[0] / cell))))
+        return cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
 
     def _associate(self, boxes):
         unmatched = list(range(len(boxes)))
@@ -123,3 +202,9 @@ class FaceTracker:
             else:
                 track.missed += 1
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+
+
+def _inside(box, other):
+    """True when the centre of ``box`` lies inside ``other`` (both ``(x, y, w, h)``)."""
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    return other[0] <= cx < other[0] + other[2] and other[1] <= cy < other[1] + other[3]
