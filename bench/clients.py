@@ -79,12 +79,34 @@ def read_parts(port, seconds, counts, index, first_part=None, headers=None, path
             buffer = buffer[buffer.rfind(boundary) + len(boundary):]
 
 
-def start_server(source, port, extra=()):
-    """``python main.py --source SOURCE`` (a string, or a list: one ``--source`` each) on ``port``."""
+def start_server(source, port, extra=(), python=sys.executable, env=None):
+    """``python main.py --source SOURCE`` (a string, or a list: one ``--source`` each) on ``port``.
+
+    Args:
+        python: the interpreter (another venv's, for ``bench.installs``).
+        env: the server's environment (default: this process's).
+    """
     sources = [source] if isinstance(source, str) else list(source)
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *(a for s in sources for a in ("--source", s)),
+    return subprocess.Popen([python, str(ROOT / "main.py"), *(a for s in sources for a in ("--source", s)),
                              "--port", str(port), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+
+
+def wait_healthz(server, port, timeout_s=120):
+    """Seconds from now until ``GET /healthz`` of a fresh server answers at all (any status)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {server.stderr.read().decode()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            conn.close()
+            return time.monotonic() - started
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit("no answer from /healthz within the timeout")
 
 
 def wait_first_frame(server, port, timeout_s=120, headers=None, path="/video_feed"):
