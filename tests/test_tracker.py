@@ -122,9 +122,9 @@ class SpyDetector(FaceDetector):
         super().__init__(*args, **kwargs)
         self.bands_searched, self.full_searches = [], 0
 
-    def band_hits(self, gray, band):
+    def band_hits(self, small, band):
         self.bands_searched.append(band)
-        return super().band_hits(gray, band)
+        return super().band_hits(small, band)
 
     def detect(self, gray, min_px=None, max_px=None, scale=None, min_neighbors=None):
         if min_px is None and max_px is None:
@@ -173,7 +173,7 @@ def test_the_hits_of_every_band_grouped_are_the_full_search(clip):
     found = 0
     for gray in frames + [big]:
         bands = [b for b in detector.bands(gray.shape, 10) if b]
-        hits = np.concatenate([detector.band_hits(gray, b) for b in bands])
+        hits = np.concatenate([detector.band_hits(detector.shrink(gray), b) for b in bands])
         grouped = detector.group_hits(hits, hits, gray.shape)
         full = detector.detect(gray)
         assert sorted(map(tuple, grouped.tolist())) == sorted(map(tuple, full.tolist()))

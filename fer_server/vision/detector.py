@@ -79,8 +79,8 @@ class FaceDetector:
         the window outgrows the image.  The cost of a level is the number of
         window positions it evaluates: the image shrunk by the factor, with a
         stride of 2 pixels below a factor of 2 and 1 from there (the same
-        file), which matches the measured time per level within its noise
-        (docs/benchmarks.md).
+        file); timed level by level on Megamind.avi, the levels' times
+        followed this (the jump at a factor of 2 included).
 
         Args:
             shape: ``(H, W, ...)`` of the frame in pixels.
@@ -104,7 +104,7 @@ class FaceDetector:
     def bands(self, shape, n):
         """The full search of a frame of ``shape`` split into ``n`` bands of scale levels of near-equal cost.
 
-        Searching each band once (``band_hits(gray, band)``) runs every
+        Searching each band once (``band_hits(shrink(gray), band)``) runs every
         level of one full ``detect`` exactly once: the bands are contiguous,
         disjoint and cover the pyramid.  Each band's cost is at most the
         larger of the dearest single level and the full search's cost over
@@ -137,21 +137,23 @@ class FaceDetector:
         order = sorted(range(len(bands)), key=lambda i: -sum(costs[groups[i][0]:groups[i][1]]))
         return [bands[i] for i in order] + [None] * (n - len(bands))
 
-    def band_hits(self, gray, band):
-        """The cascade's raw hits (before grouping) in one band of a full search of frame ``gray``.
+    def shrink(self, gray):
+        """``gray`` downscaled as ``detect`` downscales a whole frame (to ``detect_width``), for ``band_hits``."""
+        scale = self.search_scale(gray.shape[1])
+        return _shrink(gray, scale) if scale < 1.0 else gray
+
+    def band_hits(self, small, band):
+        """The cascade's raw hits (before grouping) in one band of a full search of a frame.
 
         Args:
-            gray: ``(H, W)`` uint8 grayscale frame.
-            band: ``(min side, max side)``, one of ``bands(gray.shape, n)``.
+            small: the frame as ``shrink`` returns it (``(h, w)`` uint8).
+            band: ``(min side, max side)``, one of ``bands(frame.shape, n)``.
 
         Returns:
-            ``(N, 4)`` int32 ``(x, y, w, h)`` in pixels of the downscaled
-            image ``detect`` searches (``search_scale``), for ``group_hits``.
+            ``(N, 4)`` int32 ``(x, y, w, h)`` in pixels of ``small``, for
+            ``group_hits``.
         """
-        scale = self.search_scale(gray.shape[1])
-        if scale < 1.0:
-            gray = _shrink(gray, scale)
-        hits = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=0,
+        hits = self.cascade.detectMultiScale(small, scaleFactor=self.scale_factor, minNeighbors=0,
                                              minSize=(band[0], band[0]), maxSize=(band[1], band[1]))
         return np.asarray(hits, np.int32).reshape(-1, 4)
 

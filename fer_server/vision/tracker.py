@@ -140,13 +140,14 @@ class FaceTracker:
         self.last_band, self.last_skipped = index, False
         if band is None:
             return
-        thumb = self._thumbnail(gray) if self.still_threshold > 0 else None
+        small = self.detector.shrink(gray)
+        thumb = self._thumbnail(small, gray.shape) if self.still_threshold > 0 else None
         previous = self._thumbs.get(index)
         if previous is not None and np.abs(thumb - previous).max() < self.still_threshold:
             self.last_skipped = True
             fresh = self._hits.get(index, np.zeros((0, 4), np.int32))
         else:
-            fresh = self.detector.band_hits(gray, band)
+            fresh = self.detector.band_hits(small, band)
             self._hits[index] = fresh
             if thumb is not None:
                 self._thumbs[index] = thumb
@@ -163,11 +164,12 @@ class FaceTracker:
                 self.tracks.append(Track(self._next_id, box))
                 self._next_id += 1
 
-    def _thumbnail(self, gray):
-        """``gray`` shrunk to cells of half the smallest face's side (float32 grey levels)."""
+    def _thumbnail(self, small, shape):
+        """The frame (``small``: as ``FaceDetector.shrink`` made it from a frame of ``shape``) in cells
+        of half the smallest face's side: ``(rows, columns)`` int16 grey levels."""
         cell = max(4.0, self.detector.min_face_px / 2)
-        size = (max(1, int(np.ceil(gray.shape[1] / cell))), max(1, int(np.ceil(gray.shape[0] / cell))))
-        return cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        size = (max(1, int(np.ceil(shape[1] / cell))), max(1, int(np.ceil(shape[0] / cell))))
+        return cv2.resize(small, size, interpolation=cv2.INTER_AREA).astype(np.int16)
 
     def _associate(self, boxes):
         unmatched = list(range(len(boxes)))
