@@ -235,10 +235,11 @@ def start_ray(address, num_cpus=None):
             from ray._raylet import Config
 
             Config.initialize("")  # Ray read RAY_AUTH_MODE at import; as ray.init itself does
+    auth_error = getattr(ray.exceptions, "AuthenticationError", ConnectionError)  # token auth: Ray 2.52 and later
     try:
         ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as e:
+    except (ConnectionError, RuntimeError, ValueError, auth_error) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BatchInputError(f"cannot connect to Ray at {address or 'a new local instance'} ({reason})") from None
     return True
@@ -247,7 +248,8 @@ def start_ray(address, num_cpus=None):
 def ray_rows(todo, config, labels, workers):
     """Rows from Ray Data actors (``RayVideoWorker``), one video per task, on the Ray this process uses.
 
-    The actor pool grows to ``workers`` actors (0/None: the cluster's CPUs).
+    The pool starts ``workers`` actors (0/None: the cluster's CPUs; at most
+    one per video), each given one video at a time.
     An actor lost with its node is restarted and its video retried by Ray
     Data (``max_restarts=-1``); the temporaries it left are removed at the end.
 
@@ -259,12 +261,19 @@ def ray_rows(todo, config, labels, workers):
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if hasattr(context, "autoscaling_config"):  # one video per actor: an actor is busy at 100%, not 175%
+        from dataclasses import replace
+
+        context.autoscaling_config = replace(context.autoscaling_config, actor_pool_util_upscaling_threshold=1.0)
+    size = min(workers or max(1, int(ray.cluster_resources().get("CPU", 1))), len(todo))
     dataset = ray.data.from_items([{"job": json.dumps(asdict(job))} for job in todo],
                                   override_num_blocks=len(todo))
     dataset = dataset.map_batches(RayVideoWorker, fn_constructor_kwargs={"config": config, "labels": labels},
                                   batch_size=1, num_cpus=1, zero_copy_batch=True,
-                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(size, len(todo))))
+                                  # every actor from the start, one video each at a time (videos are long
+                                  # and uneven: no actor hoards a queue); down to 1 when nodes are lost
+                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=size,
+                                                                     max_tasks_in_flight_per_actor=1))
     for item in dataset.iter_rows():
         yield json.loads(item["row"])
     for job in todo:  # an actor lost with its node (on a shared folder) leaves its temporaries behind
