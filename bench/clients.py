@@ -10,10 +10,12 @@ concurrent ``GET /video_feed`` connections for ``--seconds`` seconds and
 reports the frames per second each client received and the server
 process's CPU use (percent of one core, from ``/proc/PID/stat``).
 
-``--sources 1,2,4,6`` serves N copies of the video at once (``--source
-s0=VIDEO --source s1=VIDEO ...``, a fresh server for each N), one viewer
-reading ``/video_feed/s<i>`` each, and reports each source's frames per
-second against the file's own rate, and the server's CPU.
+``--sources 1,2,4,6`` serves N sources at once (``--source s0=VIDEO
+--source s1=VIDEO ...``, a fresh server for each N; with several
+``--source`` videos the sources play them in turn), one viewer reading
+``/video_feed/s<i>`` each, and reports each source's frames per second
+over its file's own rate (its share), the slowest source's share, and the
+server's CPU.
 
 ``--check-recording N`` serves N copies with ``--record`` and
 ``--events-interval-s 0`` (an event per frame), reads every source's
@@ -184,19 +186,25 @@ def video_fps(path):
     return fps if fps and fps > 0 else None
 
 
-def run_sources(source, source_counts, seconds, extra=()):
-    """For each N, serve N copies of ``source`` with one viewer each; prints and returns the figures.
+def run_sources(videos, source_counts, seconds, extra=()):
+    """For each N, serve N sources with one viewer each; prints and returns the figures.
+
+    Source ``i`` plays ``videos[i % len(videos)]`` (one video: N copies of it).
+    Each source's share is its viewer's frames per second over its own file's
+    rate; the slowest source's share is the figure that matters (a server
+    that starves one source to feed the others fails it).
 
     Returns:
-        ``{"source", "source_fps", "runs": [{"sources": N, "fps": [per source], "fps_min",
-        "share_min" (slowest fps / the file's rate), "server_cpu_percent", "load_average"}]}``.
+        ``{"videos", "runs": [{"sources": N, "fps": [per source], "share": [per source],
+        "share_min", "share_mean", "server_cpu_percent", "load_average"}]}``.
     """
-    rate = video_fps(source)
+    videos = [videos] if isinstance(videos, str) else list(videos)
+    rates = [video_fps(v) for v in videos]
     runs = []
     for n in source_counts:
         port = free_port()
         names = [f"s{i}" for i in range(n)]
-        server = start_server([f"{name}={source}" for name in names], port, extra)
+        server = start_server([f"{name}={videos[i % len(videos)]}" for i, name in enumerate(names)], port, extra)
         try:
             for name in names:
                 wait_first_frame(server, port, path=f"/video_feed/{name}")
@@ -206,15 +214,17 @@ def run_sources(source, source_counts, seconds, extra=()):
             server.terminate()
             server.wait(10)
         fps = [round(c / seconds, 2) for c in counts]
-        runs.append({"sources": n, "fps": fps, "fps_min": min(fps),
-                     "share_min": round(min(fps) / rate, 3) if rate else None,
-                     "server_cpu_percent": cpu,
-                     "load_average": os.getloadavg()[0]})
+        share = [round(f / rates[i % len(videos)], 3) if rates[i % len(videos)] else None for i, f in enumerate(fps)]
+        known = [v for v in share if v is not None]
+        runs.append({"sources": n, "fps": fps, "share": share,
+                     "share_min": min(known) if known else None,
+                     "share_mean": round(sum(known) / len(known), 3) if known else None,
+                     "server_cpu_percent": cpu, "load_average": os.getloadavg()[0]})
         r = runs[-1]
-        print(f"{n} source(s): fps per source {', '.join(f'{v:.1f}' for v in fps)} (slowest "
-              f"{100 * (r['share_min'] or 0):.0f}% of {rate or 0:.1f}), server CPU {r['server_cpu_percent']:.0f}% "
-              f"of one core, load average {r['load_average']:.2f}", flush=True)
-    return {"source": str(source), "source_fps": rate, "runs": runs}
+        print(f"{n} source(s): share of own fps per source {', '.join(f'{v:.2f}' for v in known)} (slowest "
+              f"{r['share_min'] or 0:.2f}, mean {r['share_mean'] or 0:.2f}), server CPU "
+              f"{r['server_cpu_percent']:.0f}% of one core, load average {r['load_average']:.2f}", flush=True)
+    return {"videos": [str(v) for v in videos], "video_fps": rates, "runs": runs}
 
 
 def read_events(port, path, seconds, seen):
@@ -273,7 +283,9 @@ def check_recording(source, n, seconds, extra=()):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", default="demo", help="what main.py streams (default: demo)")
+    p.add_argument("--source", action="append",
+                   help="what main.py streams (default: demo); with --sources, repeat it for several videos, "
+                        "played by the sources in turn")
     p.add_argument("--clients", default="1,5", help="comma-separated client counts")
     p.add_argument("--sources", help="comma-separated source counts: N copies of --source, one viewer each")
     p.add_argument("--check-recording", type=int, metavar="N",
@@ -281,10 +293,12 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON line at the end")
     args, extra = p.parse_known_args(argv)  # the rest are main.py's flags (server settings)
+    videos = args.source or ["demo"]
+    args.source = videos[0]
     if args.check_recording:
         result = check_recording(args.source, args.check_recording, args.seconds, extra)
     elif args.sources:
-        result = run_sources(args.source, [int(v) for v in args.sources.split(",")], args.seconds, extra)
+        result = run_sources(videos, [int(v) for v in args.sources.split(",")], args.seconds, extra)
     else:
         result = run_clients(args.source, [int(v) for v in args.clients.split(",")], args.seconds, extra)
     if args.json or not (args.sources or args.check_recording):
