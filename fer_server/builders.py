@@ -42,7 +42,8 @@ def build_pipeline(config, classifier=None, for_images=False):
     return FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
                          config.smoothing, config.image_pad if for_images else 0.0,
                          config.image_min_side_px if for_images else 0,
-                         still_threshold=config.still_threshold, spread=config.spread_search)
+                         still_threshold=config.still_threshold, spread=config.spread_search,
+                         classify_every=1 if for_images else config.classify_every)
 
 
 def build_camera(config, source=None, classifier=None):

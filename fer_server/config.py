@@ -95,6 +95,10 @@ class Config:
             (for comparisons).
         smoothing: weight of the past in each tracked face's exponential
             moving average of probabilities; 0 turns smoothing off.
+        classify_every: a tracked face is classified on one frame in this
+            many, its last probabilities shown in between; 1 (the default)
+            classifies every face on every frame; 2 or 3 lets a small
+            machine serve more cameras (docs/benchmarks.md).
         image_detect_width: like ``detect_width``, for uploaded images.
         image_min_face_px: like ``min_face_px``, for uploaded images (photos
             often hold smaller faces than a webcam frame).
@@ -169,6 +173,7 @@ class Config:
     still_threshold: float = 2.0
     spread_search: bool = True
     smoothing: float = 0.6
+    classify_every: int = 1
     crop_margin: float = 0.0
     image_detect_width: int = 1280
     image_min_face_px: int = 24

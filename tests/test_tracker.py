@@ -248,3 +248,32 @@ def test_without_a_threshold_every_band_is_searched_in_its_turn(faces):
     for _ in range(9):
         tracker.update(still)
     assert len(spy.bands_searched) == 8 and not tracker.last_skipped
+
+
+def test_classify_every_classifies_each_face_once_in_n_frames_and_reuses_its_probabilities(clip):
+    class Counting(ScriptedClassifier):
+        calls = 0
+
+        def predict(self, crops):
+            Counting.calls += len(crops)
+            return super().predict(crops)
+
+    # the n-th classifier call returns the n-th row: which frame's row a face shows tells when it was classified
+    classifier = Counting(np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 1, 2, 0]])
+    pipeline = FramePipeline(FaceDetector(), classifier, detect_every=3, smoothing=0.0, classify_every=3)
+    shown = []
+    for frame in read_frames(clip)[:9]:
+        faces = pipeline.find_faces(frame)
+        assert len(faces) == 1  # the clip shows one face on each of these frames
+        shown.append(faces[0].label)
+    track_id = faces[0].id
+    # classified on its first frame, then on the frames where (frame + id) % 3 == 0
+    classified = [0] + [n for n in range(1, 9) if (n + track_id) % 3 == 0]
+    assert Counting.calls == len(classified)
+    expected, row = [], -1
+    for n in range(9):
+        row += n in classified
+        expected.append("ABC"[row % 3])
+    assert shown == expected
+    with pytest.raises(ValueError):
+        FramePipeline(FaceDetector(), classifier, classify_every=0)

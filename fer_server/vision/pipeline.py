@@ -25,6 +25,10 @@ class FramePipeline:
             faces followed on every frame (see ``vision.tracker.FaceTracker``);
             1 searches the whole frame on every frame.
         still_threshold, spread: ``FaceTracker``'s.
+        classify_every: a tracked face is classified on one frame in this
+            many (its first frame always; the faces of a frame take turns by
+            track id), its last probabilities reused in between; 1
+            classifies every face on every frame.
         smoothing: weight of the past in the exponential moving average of
             each tracked face's probabilities, in [0, 1); 0 shows each
             frame's raw probabilities.
@@ -37,13 +41,17 @@ class FramePipeline:
     """
 
     def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0, image_pad=0.0,
-                 image_min_side_px=0, still_threshold=0.0, spread=True):
+                 image_min_side_px=0, still_threshold=0.0, spread=True, classify_every=1):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         if image_pad < 0:
             raise ValueError(f"image_pad must be >= 0, got {image_pad}")
         if image_min_side_px < 0:
             raise ValueError(f"image_min_side_px must be >= 0, got {image_min_side_px}")
+        if classify_every < 1:
+            raise ValueError(f"classify_every must be >= 1, got {classify_every}")
+        self.classify_every = int(classify_every)
+        self._frame = 0  # frames since the last reset, for classify_every's turns
         self.image_pad = image_pad
         self.image_min_side_px = image_min_side_px
         self.detector = detector
@@ -61,6 +69,7 @@ class FramePipeline:
         ``restart_ids``: number the next faces from 1 (see ``FaceTracker.reset``)."""
         self.tracker.reset(restart_ids)
         self._smoothed = {}
+        self._frame = 0
 
     def find_faces(self, frame):
         """Find (or follow) and classify the faces of the next video frame.
@@ -80,14 +89,20 @@ class FramePipeline:
         tracks = self.tracker.update(gray)
         detected = time.perf_counter()
         crops = self._crops(gray, [t.box for t in tracks], frame)
-        probs = self._predict(crops)
+        due = [i for i, t in enumerate(tracks) if t.id not in self._smoothed
+               or (self._frame + t.id) % self.classify_every == 0]
+        probs = dict(zip(due, self._predict(crops if len(due) == len(tracks) else crops[due])))
         smoothed = {}
-        for track, p in zip(tracks, probs):
+        for i, track in enumerate(tracks):
             previous = self._smoothed.get(track.id)
-            if self.smoothing and previous is not None:
+            p = probs.get(i)
+            if p is None:  # not its turn: the last probabilities stand
+                p = previous
+            elif self.smoothing and previous is not None:
                 p = self.smoothing * previous + (1.0 - self.smoothing) * p
             smoothed[track.id] = p
         self._smoothed = smoothed
+        self._frame += 1
         faces = [self._face(t.box, smoothed[t.id], t.id, crop) for t, crop in zip(tracks, crops)]
         self.timings = {"detect": (detected - started) * 1e3,
                         "classify": (time.perf_counter() - detected) * 1e3}
