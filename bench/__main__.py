@@ -137,18 +137,18 @@ def print_table(results):
             ("p95 ms / frame", "p95_ms"), ("p99 ms / frame", "p99_ms"),
             ("frames with a face (1st pass)", "frames_with_face"),
             ("faces classified (1st pass)", "faces_classified"), ("CPU % of one core", "cpu_percent")]
-    header = f"{'':32s}" + "".join(f"{n:>24s}" for n in names)
+    header = f"{'':32s}" + "".join(f"{n:>30s}" for n in names)
     if len(results) == 2:
         header += f"{'ratio':>10s}"
     print(header)
     for label, key in rows:
-        line = f"{label:32s}" + "".join(f"{r[key]:>24}" for r in results)
+        line = f"{label:32s}" + "".join(f"{r[key]:>30}" for r in results)
         if len(results) == 2 and results[1][key]:
             line += f"{results[0][key] / results[1][key]:>10.2f}"
         print(line)
     for stage in STAGES:
         print(f"{stage + ' ms mean/p50/p95/p99':32s}" + "".join(
-            f"{'{mean:.2f}/{p50:.2f}/{p95:.2f}/{p99:.2f}'.format(**r['stages'][stage]):>24s}" for r in results))
+            f"{'{mean:.2f}/{p50:.2f}/{p95:.2f}/{p99:.2f}'.format(**r['stages'][stage]):>30s}" for r in results))
 
 
 def config_flags(argv):
