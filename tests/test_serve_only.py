@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from fer_server.config import Config
-from fer_server.model.files import ModelLoadError, load_model
+from fer_server.model.files import ModelLoadError
 from fer_server.model.litert import METADATA_NAME, load_tflite, read_metadata, source_digest
 
 ROOT = Path(__file__).resolve().parent.parent

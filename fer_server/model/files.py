@@ -100,6 +100,18 @@ def parse_class_names(value):
     return names
 
 
+def parse_overrides(input_range, class_names):
+    """``load_model``'s ``input_range`` and ``class_names`` arguments, parsed (None stays None).
+
+    Raises:
+        ModelLoadError: a bad value, in one sentence.
+    """
+    try:
+        return (None if input_range is None else parse_input_range(input_range)), parse_class_names(class_names)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
+
+
 @quiet_tensorflow()
 def load_model(model_path, weights_path=None, *, input_range=None, class_names=None):
     """Load a model: the one entry point of the server, the analyses, the evaluation and the benchmarks.
@@ -140,11 +152,7 @@ def load_model(model_path, weights_path=None, *, input_range=None, class_names=N
             argument).
     """
     model_path = Path(model_path)
-    try:
-        input_range = None if input_range is None else parse_input_range(input_range)
-        class_names = parse_class_names(class_names)
-    except ValueError as e:
-        raise ModelLoadError(str(e)) from None
+    input_range, class_names = parse_overrides(input_range, class_names)
     if not model_path.is_file():
         raise ModelLoadError(f"Cannot read the model {model_path}: no such file.")
     if model_path.suffix.lower() in WHOLE_MODEL_SUFFIXES:

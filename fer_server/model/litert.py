@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from fer_server.model.files import (LABELS_KEY, WHOLE_MODEL_SUFFIXES, ModelLoadError, first_line, model_info,
-                                    parse_class_names, parse_input_range)
+                                    parse_class_names, parse_overrides)
 
 #: Name of the TFLite metadata entry holding ``{"digest": ..., "sources": [...], ...}`` as JSON.
 METADATA_NAME = "fer_server"
@@ -164,11 +164,7 @@ def load_tflite(model_path, weights_path=None, *, input_range=None, class_names=
         ModelLoadError: as above, or the Keras files cannot be read.
     """
     model_path = Path(model_path)
-    try:
-        input_range = None if input_range is None else parse_input_range(input_range)
-        class_names = parse_class_names(class_names)
-    except ValueError as e:
-        raise ModelLoadError(str(e)) from None
+    input_range, class_names = parse_overrides(input_range, class_names)
     path = tflite_path_for(model_path)
     if not path.is_file():
         raise ModelLoadError(f"Serving {model_path} without TensorFlow needs {path}, which is missing: write it "

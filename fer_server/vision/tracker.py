@@ -103,9 +103,9 @@ class FaceTracker:
                 self._associate(self.detector.detect(gray))
             else:
                 self._follow(gray)
-        elif self._frame == 0:  # the first frame of a source: the whole search, at once
+        elif self._frame == 0:  # the first frame of a source: every band, at once
             self.last_band, self.last_skipped = None, False
-            self._associate(self.detector.detect(gray))
+            self._associate(self._search_all(gray))
         else:
             self._follow(gray)
             self._search_band(gray)
@@ -125,12 +125,40 @@ class FaceTracker:
         if restart_ids:
             self._next_id = 1
 
+    def _search_all(self, gray):
+        """Search every band of ``gray`` and keep their hits: the whole search's faces (boxes in pixels).
+
+        Keeping each band's hits means the groupings of the next frames start
+        from the whole pyramid, not from the few bands searched since.
+        """
+        self._bands = (gray.shape, self.detector.bands(gray.shape, self.detect_every))
+        small = self.detector.shrink(gray)
+        thumb = self._thumbnail(small, gray.shape) if self.still_threshold > 0 else None
+        self._hits, self._thumbs = {}, {}
+        for index, band in enumerate(self._bands[1]):
+            if band is not None:
+                self._hits[index] = self.detector.band_hits(small, band)
+                if thumb is not None:
+                    self._thumbs[index] = thumb
+        if not self._hits:
+            return np.zeros((0, 4), np.int32)
+        hits = np.concatenate(list(self._hits.values()))
+        return self.detector.group_hits(hits, hits, gray.shape)
+
     def _search_band(self, gray):
         """Search this frame's band and group the hits of every band's latest search.
 
-        A face the grouping shows (with this frame's hits among its own)
-        re-anchors the track it overlaps (IoU >= ``match_iou``), or starts a
-        track unless its centre lies in a tracked face's box.
+        The hits of the bands whose picture equals this frame's (every band
+        searched on a thumbnail within ``still_threshold`` of this one, and
+        this frame's own) are current: a face they show re-anchors the track
+        it overlaps (IoU >= ``match_iou``).  The hits of every band, some
+        taken a few frames ago, show where faces were: a face among them
+        that this frame's hits support starts a track unless its centre
+        lies in a tracked face's box, or re-anchors a track that following
+        lost on this frame (the same id for a face that changed where one
+        was).  A face followed on this frame keeps the box following gave it
+        unless current hits place it, since older hits would pull a moving
+        face back to where it was.
         """
         if self._bands[0] != gray.shape:
             self._bands = (gray.shape, self.detector.bands(gray.shape, self.detect_every))
@@ -142,8 +170,12 @@ class FaceTracker:
             return
         small = self.detector.shrink(gray)
         thumb = self._thumbnail(small, gray.shape) if self.still_threshold > 0 else None
-        previous = self._thumbs.get(index)
-        if previous is not None and np.abs(thumb - previous).max() < self.still_threshold:
+
+        def unchanged(i):
+            return thumb is not None and i in self._thumbs and \
+                np.abs(thumb - self._thumbs[i]).max() < self.still_threshold
+
+        if unchanged(index):
             self.last_skipped = True
             fresh = self._hits.get(index, np.zeros((0, 4), np.int32))
         else:
@@ -153,16 +185,23 @@ class FaceTracker:
                 self._thumbs[index] = thumb
         if len(fresh) == 0:
             return  # no new evidence on this frame: nothing new to start
-        hits = np.concatenate(list(self._hits.values()))
-        for box in self.detector.group_hits(hits, fresh, gray.shape):
-            box = tuple(int(v) for v in box)
-            scores = [iou(t.box, box) for t in self.tracks]
-            if scores and max(scores) >= self.match_iou:  # a known face: the full search's box is the better
-                track = self.tracks[int(np.argmax(scores))]
+        current = [self._hits[i] for i in self._hits if i == index or unchanged(i)]
+        for box in self.detector.group_hits(np.concatenate(current), fresh, gray.shape):
+            self._place(tuple(int(v) for v in box), reanchor=True)
+        for box in self.detector.group_hits(np.concatenate(list(self._hits.values())), fresh, gray.shape):
+            self._place(tuple(int(v) for v in box), reanchor=False)
+
+    def _place(self, box, reanchor):
+        """A face the search found: re-anchor the track it overlaps (any, or one lost on this frame
+        unless ``reanchor``), or start a track unless it lies in a tracked face's box."""
+        scores = [iou(t.box, box) for t in self.tracks]
+        if scores and max(scores) >= self.match_iou:
+            track = self.tracks[int(np.argmax(scores))]
+            if reanchor or track.missed > 0:
                 track.box, track.missed = box, 0
-            elif not any(_inside(box, t.box) for t in self.tracks):
-                self.tracks.append(Track(self._next_id, box))
-                self._next_id += 1
+        elif not any(_inside(box, t.box) for t in self.tracks):
+            self.tracks.append(Track(self._next_id, box))
+            self._next_id += 1
 
     def _thumbnail(self, small, shape):
         """The frame (``small``: as ``FaceDetector.shrink`` made it from a frame of ``shape``) in cells
