@@ -10,14 +10,14 @@ so the whole pyramid is searched every ``detect_every`` frames at the same
 total cost and no frame pays for all of it.  The bands return the cascade's
 raw hits; the hits of the latest search of every band are grouped together
 as ``detectMultiScale`` groups them, which on an unchanged frame gives
-exactly the full search's faces.  A band whose picture has not changed
-since its last search (a thumbnail compared cell by cell) is not searched
-again.  Each face keeps an integer id for as long as it is tracked, so its
+exactly the full search's faces; the first frame of a source searches
+every band at once.  A band whose picture has not changed since its last
+search (a thumbnail compared cell by cell) is not searched again.  Each face keeps an integer id for as long as it is tracked, so its
 probabilities can be smoothed over time.
 """
-import cv2
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
