@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -289,3 +290,17 @@ def test_what_needs_tensorflow_says_so_in_one_sentence(serve_python, clip, argv)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "requirements.txt" in last, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_serve_only_install_batch_analyses_a_folder_as_the_full_install_does(serve_python, clip, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(clip, videos / "clip.mp4")
+    outputs = {}
+    for name, python in (("serve", serve_python), ("full", sys.executable)):
+        done = subprocess.run([python, "main.py", "--source", str(videos), "--csv-dir", str(tmp_path / name),
+                               "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[name] = (tmp_path / name / "clip.csv").read_text()
+    assert len(outputs["serve"].splitlines()) > 30  # a row per face per frame of the 35-frame clip
+    assert outputs["serve"] == outputs["full"]

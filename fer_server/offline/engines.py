@@ -15,8 +15,9 @@ from fer_server.offline.jobs import (BatchInputError, Job, empty_row, process_vi
 def build_worker_pipeline(config, threads=1):
     """The configured pipeline with ``threads`` TFLite threads and as many OpenCV threads.
 
-    Sets ``OMP_NUM_THREADS`` and TensorFlow's intra-/inter-op thread counts
-    too, so that call it before anything else in the process uses TensorFlow.
+    Sets ``OMP_NUM_THREADS`` and, where TensorFlow is installed, its
+    intra-/inter-op thread counts too, so call it before anything else in
+    the process uses TensorFlow.
 
     Raises:
         model_files.ModelLoadError: the model files cannot be loaded.
@@ -27,15 +28,17 @@ def build_worker_pipeline(config, threads=1):
         os.environ[name] = str(threads)
     cv2.setNumThreads(threads)
     from fer_server.model.classifier import quiet_tensorflow
+    from fer_server.model.litert import tensorflow_installed
 
-    with quiet_tensorflow():
-        import tensorflow as tf
+    if tensorflow_installed():  # the serve-only install runs model.tflite on LiteRT: no TensorFlow to set up
+        with quiet_tensorflow():
+            import tensorflow as tf
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already initialised in this process
-        pass
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already initialised in this process
+            pass
     from fer_server.builders import build_classifier, build_pipeline
 
     with quiet_tensorflow():
