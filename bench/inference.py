@@ -4,7 +4,8 @@
 
 Times ``Classifier.predict`` (the server's path) for each backend, on
 random faces, after a warm-up call; prints one line per backend and batch
-size.
+size.  In the serve-only install (no TensorFlow) it times the one path
+there, ``model.tflite`` on LiteRT, as ``tflite-int8``.
 """
 import argparse
 import json
@@ -32,6 +33,7 @@ def time_predict(classifier, batch, seconds):
 def main(argv=None):
     from fer_server.model.classifier import Classifier
     from fer_server.model.files import load_model
+    from fer_server.model.litert import tensorflow_installed
 
     defaults = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,10 +45,15 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(join_input_range_argv(sys.argv[1:] if argv is None else argv))
-    model, info = load_model(args.model, args.weights, input_range=args.input_range)
     results = {}
-    for backend in Classifier.BACKENDS:
-        classifier = Classifier(model, info, backend=backend)
+    if not tensorflow_installed():  # the serve-only install: its one path, model.tflite on LiteRT
+        model, backends = None, ["tflite-int8"]
+    else:
+        model, info = load_model(args.model, args.weights, input_range=args.input_range)
+        backends = Classifier.BACKENDS
+    for backend in backends:
+        classifier = (Classifier(model, info, backend=backend) if model is not None else
+                      Classifier.from_files(args.model, args.weights, input_range=args.input_range, backend=backend))
         single = time_predict(classifier, 1, args.seconds)
         batch32 = time_predict(classifier, 32, args.seconds)
         results[backend] = {"ms_per_face_batch1": round(single * 1e3, 3),
@@ -54,7 +61,8 @@ def main(argv=None):
         print(f"{backend:12s} batch 1: {single * 1e3:.2f} ms per face; "
               f"batch 32: {32 / batch32:.0f} faces/s", flush=True)
     if args.json:
-        print(json.dumps({"model": model.name, "parameters": model.count_params(), **results}))
+        print(json.dumps({"model": classifier.name, "parameters": model.count_params() if model else None,
+                          "runtime": "tensorflow" if model else "litert", **results}))
 
 
 if __name__ == "__main__":
