@@ -196,7 +196,10 @@ def load_tflite(model_path, weights_path=None, *, input_range=None, class_names=
     if declared is not None and declared != shape[1:]:
         raise ModelLoadError(f"{path} takes inputs of shape {shape[1:]}, but {model_path} declares {declared}: "
                              f"rewrite it with {EXPORT_COMMAND} --model {model_path}.")
-    labels = class_names or parse_class_names(config.get(LABELS_KEY) or None)
+    try:
+        labels = class_names or parse_class_names(config.get(LABELS_KEY) or None)
+    except (TypeError, ValueError):
+        labels = None  # bad class names: model_info below says so
     n_out = int(outputs[0]["shape"][-1])
     if labels is not None and len(labels) != n_out:
         raise ModelLoadError(f"{path} gives {n_out} class probabilities, but {model_path} names {len(labels)} "
