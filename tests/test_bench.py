@@ -55,7 +55,8 @@ def test_bench_inference_times_every_backend(tiny_model_files, capsys):
     out = capsys.readouterr().out
     result = last_json(out)
     assert result["model"] == "fer_vgg4" and result["parameters"] == build_model(7, width=4).count_params()
-    assert set(result) == {"model", "parameters", *Classifier.BACKENDS}
+    assert set(result) == {"model", "parameters", "runtime", *Classifier.BACKENDS}
+    assert result["runtime"] == "tensorflow"  # this venv has TensorFlow: every backend, not LiteRT's one
     for backend in Classifier.BACKENDS:
         assert result[backend]["ms_per_face_batch1"] > 0 and result[backend]["faces_per_s_batch32"] > 0
         assert f"{backend:12s} batch 1: " in out
