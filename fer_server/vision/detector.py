@@ -3,6 +3,8 @@ padded or enlarged image and mapping the boxes back to the frame's pixels."""
 import cv2
 import numpy as np
 
+from fer_server.vision.tracker import iou
+
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 
@@ -175,8 +177,6 @@ class FaceDetector:
         Returns:
             ``(K, 4)`` int32 boxes in pixels of the frame.
         """
-        from fer_server.vision.tracker import iou
-
         if len(hits) == 0:
             return np.zeros((0, 4), np.int32)
         grouped, _ = cv2.groupRectangles(np.asarray(hits).tolist(), self.min_neighbors, 0.2)

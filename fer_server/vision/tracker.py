@@ -131,10 +131,9 @@ class FaceTracker:
         Keeping each band's hits means the groupings of the next frames start
         from the whole pyramid, not from the few bands searched since.
         """
-        self._bands = (gray.shape, self.detector.bands(gray.shape, self.detect_every))
+        self._start_bands(gray.shape)
         small = self.detector.shrink(gray)
         thumb = self._thumbnail(small, gray.shape) if self.still_threshold > 0 else None
-        self._hits, self._thumbs = {}, {}
         for index, band in enumerate(self._bands[1]):
             if band is not None:
                 self._hits[index] = self.detector.band_hits(small, band)
@@ -161,8 +160,7 @@ class FaceTracker:
         face back to where it was.
         """
         if self._bands[0] != gray.shape:
-            self._bands = (gray.shape, self.detector.bands(gray.shape, self.detect_every))
-            self._hits, self._thumbs = {}, {}
+            self._start_bands(gray.shape)
         index = self._frame % self.detect_every
         band = self._bands[1][index]
         self.last_band, self.last_skipped = index, False
@@ -188,8 +186,14 @@ class FaceTracker:
         current = [self._hits[i] for i in self._hits if i == index or unchanged(i)]
         for box in self.detector.group_hits(np.concatenate(current), fresh, gray.shape):
             self._place(tuple(int(v) for v in box), reanchor=True)
-        for box in self.detector.group_hits(np.concatenate(list(self._hits.values())), fresh, gray.shape):
-            self._place(tuple(int(v) for v in box), reanchor=False)
+        if len(current) < len(self._hits):  # some hits are older: their faces, placed as such
+            for box in self.detector.group_hits(np.concatenate(list(self._hits.values())), fresh, gray.shape):
+                self._place(tuple(int(v) for v in box), reanchor=False)
+
+    def _start_bands(self, shape):
+        """Split the search of frames of ``shape`` into bands anew and forget the hits of the old ones."""
+        self._bands = (shape, self.detector.bands(shape, self.detect_every))
+        self._hits, self._thumbs = {}, {}
 
     def _place(self, box, reanchor):
         """A face the search found: re-anchor the track it overlaps (any, or one lost on this frame
