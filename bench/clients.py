@@ -14,8 +14,11 @@ process's CPU use (percent of one core, from ``/proc/PID/stat``).
 --source s1=VIDEO ...``, a fresh server for each N; with several
 ``--source`` videos the sources play them in turn), one viewer reading
 ``/video_feed/s<i>`` each, and reports each source's frames per second
-over its file's own rate (its share), the slowest source's share, and the
-server's CPU.
+over its file's own rate (its share), the slowest source's share, the
+server's CPU, and how fresh the first source's labels were over the same
+seconds (from ``/metrics``: the p50 and p95 of ``fer_label_lag_frames``,
+each the upper bound of its histogram bucket, and the faces the background
+classifier classified per second for all sources).
 
 ``--check-recording N`` serves N copies with ``--record`` and
 ``--events-interval-s 0`` (an event per frame), reads every source's
@@ -176,6 +179,35 @@ def run_clients(source, client_counts, seconds, extra=()):
         server.wait(10)
 
 
+def scrape_labels(port):
+    """``({label lag bucket bound: cumulative count}, background faces classified)`` from ``/metrics``
+    (the first source's histogram; None for a counter the server does not export)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    buckets, background = {}, None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "fer_label_lag_frames_bucket":
+                buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name == "fer_background_faces_classified_total":
+                background = sample.value
+    return buckets, background
+
+
+def lag_quantile(before, after, q):
+    """The upper bound of the bucket holding quantile ``q`` of the lags observed between two scrapes
+    (cumulative ``{bound: count}`` each); None when none were."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    return next(b for b, c in zip(bounds, counts) if c >= q * counts[-1])
+
+
 def video_fps(path):
     """The frame rate a video file declares (``CAP_PROP_FPS``), or None."""
     import cv2
@@ -209,7 +241,9 @@ def run_sources(videos, source_counts, seconds, extra=()):
             for name in names:
                 wait_first_frame(server, port, path=f"/video_feed/{name}")
             time.sleep(2.0)  # the viewers of the warm-up are gone and their threads settled
+            lags0, background0 = scrape_labels(port)
             counts, cpu = read_concurrently(server, port, seconds, [f"/video_feed/{name}" for name in names])
+            lags1, background1 = scrape_labels(port)
         finally:
             server.terminate()
             server.wait(10)
@@ -219,11 +253,20 @@ def run_sources(videos, source_counts, seconds, extra=()):
         runs.append({"sources": n, "fps": fps, "share": share,
                      "share_min": min(known) if known else None,
                      "share_mean": round(sum(known) / len(known), 3) if known else None,
-                     "server_cpu_percent": cpu, "load_average": os.getloadavg()[0]})
+                     "server_cpu_percent": cpu, "load_average": os.getloadavg()[0],
+                     "label_lag_frames_p50": lag_quantile(lags0, lags1, 0.5),
+                     "label_lag_frames_p95": lag_quantile(lags0, lags1, 0.95),
+                     "background_faces_per_s": None if background1 is None
+                     else round((background1 - background0) / seconds, 1)})
         r = runs[-1]
+        labels = "" if r["label_lag_frames_p95"] is None else (
+            f"; s0's label lag p50 <= {r['label_lag_frames_p50']:g}, p95 <= {r['label_lag_frames_p95']:g} frames"
+            + ("" if r["background_faces_per_s"] is None else f", {r['background_faces_per_s']:g} faces/s "
+               "classified in the background"))
         print(f"{n} source(s): share of own fps per source {', '.join(f'{v:.2f}' for v in known)} (slowest "
               f"{r['share_min'] or 0:.2f}, mean {r['share_mean'] or 0:.2f}), server CPU "
-              f"{r['server_cpu_percent']:.0f}% of one core, load average {r['load_average']:.2f}", flush=True)
+              f"{r['server_cpu_percent']:.0f}% of one core, load average {r['load_average']:.2f}{labels}",
+              flush=True)
     return {"videos": [str(v) for v in videos], "video_fps": rates, "runs": runs}
 
 

@@ -3,11 +3,14 @@
 Shared by the server (``web.app.py``), offline analysis (``offline.video.py`` through
 ``main.py``) and the benchmarks; nothing here imports Flask.
 """
+import cv2
+
 from fer_server.capture.camera import Camera
 from fer_server.capture.camera_set import Cameras, parse_source_specs
 from fer_server.config import source_specs
 from fer_server.capture.sources import resolve_source
 from fer_server.model.classifier import Classifier
+from fer_server.vision.background import BackgroundClassifier
 from fer_server.vision.detector import FaceDetector
 from fer_server.vision.pipeline import FramePipeline
 
@@ -25,7 +28,7 @@ def build_classifier(config, threads=2):
                                  class_names=config.class_names, backend=config.backend, threads=threads)
 
 
-def build_pipeline(config, classifier=None, for_images=False):
+def build_pipeline(config, classifier=None, for_images=False, background=None):
     """Load the model (unless given) and assemble the configured ``FramePipeline``.
 
     ``for_images`` uses the settings for uploaded photos (``image_*``) instead
@@ -42,17 +45,20 @@ def build_pipeline(config, classifier=None, for_images=False):
     return FramePipeline(detector, classifier, config.crop_margin, config.detect_every,
                          config.smoothing, config.image_pad if for_images else 0.0,
                          config.image_min_side_px if for_images else 0,
-                         still_threshold=config.still_threshold, spread=config.spread_search,
-                         classify_every=1 if for_images else config.classify_every)
+                         still_threshold=config.still_threshold, cut_threshold=config.cut_threshold,
+                         spread=config.spread_search,
+                         classify_every=1 if for_images else config.classify_every,
+                         background=None if for_images else background)
 
 
-def build_camera(config, source=None, classifier=None):
+def build_camera(config, source=None, classifier=None, background=None):
     """``build_pipeline``, then open the configured source (or ``source``) as a ``Camera``.
 
     Args:
         config: a ``config.Config``.
         source: one source string (default: the first of ``config.source``, its name dropped).
         classifier: a ``model.classifier.Classifier`` to share (default: load one).
+        background: a ``vision.background.BackgroundClassifier`` to share (default: none).
 
     Raises:
         model_files.ModelLoadError: the model files cannot be loaded.
@@ -61,10 +67,26 @@ def build_camera(config, source=None, classifier=None):
     """
     if source is None:
         source = parse_source_specs(source_specs(config))[0][1]
-    pipeline = build_pipeline(config, classifier)
+    pipeline = build_pipeline(config, classifier, background=background)
     source, notice = resolve_source(source, config.demo_clip)
     return Camera(source, pipeline, loop=config.loop, idle_timeout_s=config.idle_timeout_s,
                   jpeg_quality=config.jpeg_quality, notice=notice)
+
+
+def build_background(config, classifier):
+    """The ``vision.background.BackgroundClassifier`` of live sources with ``config.classify_in_background``
+    (on a one-thread copy of ``classifier``), else None."""
+    if not config.classify_in_background:
+        return None
+    return BackgroundClassifier(classifier.copy(threads=1))
+
+
+def search_threads(config, sources):
+    """The ``cv2.setNumThreads`` value for a server of ``sources`` sources (``Config.search_threads``);
+    None leaves OpenCV's own setting (one thread per core)."""
+    if config.search_threads > 0:
+        return config.search_threads
+    return 1 if sources > 1 else None
 
 
 def build_cameras(config, first=None):
@@ -72,8 +94,12 @@ def build_cameras(config, first=None):
 
     Each camera has its own pipeline (tracker, cascade) and capture thread;
     the classifier serialises inference under its lock.  With
+    ``config.classify_in_background`` the faces the cameras follow are
+    classified by one ``vision.background.BackgroundClassifier`` on a copy
+    of the classifier with one interpreter thread.  With
     ``config.record`` each camera gets a ``capture.recording.Recorder`` as a frame
-    observer.
+    observer.  OpenCV's threads are set for the whole process by
+    ``search_threads``.
 
     Args:
         config: a ``config.Config``.
@@ -86,14 +112,20 @@ def build_cameras(config, first=None):
         OSError: the record folder cannot be written.
     """
     pairs = parse_source_specs(source_specs(config))
+    threads = search_threads(config, len(pairs))
+    if threads is not None:
+        cv2.setNumThreads(threads)
     cameras = {}
     classifier = getattr(getattr(first, "pipeline", None), "classifier", None)
+    background = None
     for i, (name, source) in enumerate(pairs):
         if i == 0 and first is not None:
             cameras[name] = first
             continue
-        cameras[name] = build_camera(config, source, classifier)
-        classifier = classifier or cameras[name].pipeline.classifier
+        if classifier is None:
+            classifier = build_classifier(config)
+        background = background or build_background(config, classifier)
+        cameras[name] = build_camera(config, source, classifier, background)
     recorders = {}
     if config.record is not None:
         from fer_server.capture.recording import Recorder
@@ -102,4 +134,4 @@ def build_cameras(config, first=None):
             labels = getattr(getattr(camera.pipeline, "classifier", None), "labels", None)
             recorders[name] = Recorder(config.record, name, labels)
             camera.add_frame_observer(recorders[name].observe_frame)
-    return Cameras(cameras, recorders)
+    return Cameras(cameras, recorders, background)

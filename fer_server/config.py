@@ -89,6 +89,11 @@ class Config:
             while the frame's thumbnail (cells of half ``min_face_px``) differs from
             the one it last ran on by less than this many grey levels in
             every cell; 0 runs every band in its turn.
+        cut_threshold: a frame whose thumbnail differs from the previous
+            frame's by more than this many grey levels on average is a cut
+            (a new scene): the last scene's faces are dropped and the whole
+            search runs on that frame, so the new scene's faces are boxed
+            at once; 0 never.
         spread_search: spread the full-frame search over ``detect_every``
             frames; off, the whole search runs on one frame in
             ``detect_every`` (and on every frame without a face), as before
@@ -98,7 +103,21 @@ class Config:
         classify_every: a tracked face is classified on one frame in this
             many, its last probabilities shown in between; 1 (the default)
             classifies every face on every frame; 2 or 3 lets a small
-            machine serve more cameras (docs/benchmarks.md).
+            machine serve more cameras (docs/benchmarks.md).  Live sources
+            with ``classify_in_background`` pace their classification by
+            what the cores leave instead, and ignore it.
+        classify_in_background: live sources hand the faces they follow to
+            one background thread that classifies every source's faces in
+            turn, at a lower priority than the frames, and show each face's
+            newest probabilities (a frame or more late when the cores are
+            busy); a new face is still classified on its own frame.  Off:
+            every face is classified on its frame before the frame is
+            served (offline analysis always does so).
+        search_threads: threads one face search may use in OpenCV
+            (``cv2.setNumThreads``, for the whole server); 0: OpenCV's own
+            (one per core) with one source, 1 with several, whose capture
+            threads already search side by side and would otherwise
+            contend for the cores (docs/benchmarks.md: the sources table).
         image_detect_width: like ``detect_width``, for uploaded images.
         image_min_face_px: like ``min_face_px``, for uploaded images (photos
             often hold smaller faces than a webcam frame).
@@ -171,9 +190,12 @@ class Config:
     detect_width: int = 320
     detect_every: int = 10
     still_threshold: float = 2.0
+    cut_threshold: float = 10.0
     spread_search: bool = True
     smoothing: float = 0.6
     classify_every: int = 1
+    classify_in_background: bool = True
+    search_threads: int = 0
     crop_margin: float = 0.0
     image_detect_width: int = 1280
     image_min_face_px: int = 24

@@ -109,6 +109,10 @@ def test_metrics_parse_and_count(serve, model_config):
     assert samples[("fer_stage_seconds_count", (("stage", "classify"),))] >= 3
     # the fixture clip has one face in every frame, and the cascade finds it
     assert samples[("fer_faces_per_frame_sum", ())] >= 3
+    # a face new to the stream is classified on its own frame (lag 0); the others in the background
+    assert samples[("fer_label_lag_frames_bucket", (("le", "0.0"),))] >= 1
+    assert samples[("fer_label_lag_frames_count", ())] >= 3
+    assert ("fer_background_faces_classified_total", ()) in samples
 
 
 @pytest.mark.parametrize("megabytes", [12, 60])

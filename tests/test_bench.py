@@ -1,5 +1,6 @@
 """Smoke tests of the benchmarks: each runs a second or two on the fixture clip and prints sane figures."""
 import json
+import sys
 
 import pytest
 
@@ -35,6 +36,47 @@ def test_bench_fast_and_baseline_pipelines(clip, tiny_model_files, capsys):
     # the server's path (downscaled Haar, one batched TFLite call per frame) beats the naive one
     # (full-resolution Haar at scaleFactor 1.1, one model.predict call per face)
     assert baseline["fps"] > 0 and result["speedup"] > 1
+
+
+class StubFER:
+    """Stands in for the ``fer`` package's ``FER``: one face per frame, its top emotion "happy" at 0.7."""
+
+    calls = []
+
+    def __init__(self, mtcnn=True):
+        assert mtcnn is False  # the bench asks for its Haar cascade, not MTCNN
+
+    def detect_emotions(self, frame):
+        self.calls.append(frame.shape)
+        return [{"box": [10, 20, 30, 40], "emotions": {"angry": 0.1, "happy": 0.7, "neutral": 0.2}}]
+
+
+def test_bench_runs_the_fer_package_on_one_pass(clip, tiny_model_files, capsys, monkeypatch):
+    import types
+
+    from bench.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "fer", types.SimpleNamespace(FER=StubFER))
+    StubFER.calls = []
+    model_path, weights_path = tiny_model_files
+    main(["--source", str(clip), "--seconds", "0.5", "--fer", "--json", "--detect-every", "1",
+          "--model", str(model_path), "--weights", str(weights_path)])
+    out = capsys.readouterr().out
+    result = last_json(out)
+    fer = result["fer"]
+    assert StubFER.calls == [(240, 320, 3)] * CLIP_FRAMES  # every BGR frame of one pass, once
+    assert fer["frames"] == CLIP_FRAMES and fer["faces_classified"] == CLIP_FRAMES
+    assert fer["stages"]["classify"]["p95"] == 0  # its search and classification are one call: "detect"
+    assert result["speedup_fer"] == round(result["fps"] / fer["fps"], 2)
+    assert "fast/fer" in out
+
+
+def test_bench_fer_without_the_package_says_how_to_get_it(clip, monkeypatch):
+    from bench.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "fer", None)  # import fer raises ImportError
+    with pytest.raises(SystemExit, match="--fer needs the fer package .*docs/benchmarks.md"):
+        main(["--source", str(clip), "--fer"])
 
 
 def test_bench_refuses_a_file_that_is_not_a_video(tmp_path):
@@ -153,3 +195,14 @@ def test_longest_gap_counts_real_frames_only_by_hand():
     assert longest_gap([1.0, 2.0, 6.0], [0.0, 5.0], 6.5) == 4.0
     assert longest_gap([], [3.0], 10.0) == 7.0  # never a real frame: from the connection to the end
     assert longest_gap([0.5, 0.6], [0.0], 0.7) == 0.5  # the wait for the first frame
+
+
+def test_bench_search_matches_served_boxes_to_reference_faces_one_to_one():
+    from bench.search import matched
+
+    reference = [(0, 0, 100, 100), (200, 0, 100, 100)]
+    assert matched([(10, 10, 100, 100)], reference) == 1  # IoU 0.68 with the first
+    assert matched([(10, 10, 100, 100), (0, 0, 100, 100)], reference) == 1  # two boxes, one face: one match
+    assert matched([(70, 70, 100, 100)], reference) == 0  # IoU 900 / 19100 = 0.05: no match
+    assert matched([(205, 0, 100, 100), (0, 5, 100, 100)], reference) == 2
+    assert matched([], reference) == 0 and matched([(0, 0, 100, 100)], []) == 0

@@ -119,3 +119,13 @@ def test_converted_models_are_cached_and_a_damaged_cache_is_replaced(tiny_model_
 def test_shipped_weights_file_stays_under_the_repository_limit():
     # classic layout with HDF5's shuffle + gzip filters (model_files.save_classic_weights); no file over 20 MB
     assert Config().weights_path.stat().st_size < 20 * 1024 * 1024
+
+
+def test_a_copy_runs_its_own_interpreter_with_the_same_outputs(tiny_model_files, faces):
+    classifier = Classifier.from_files(*tiny_model_files, backend="tflite-int8")
+    twin = classifier.copy(threads=1)
+    assert twin is not classifier and twin._interpreter is not classifier._interpreter
+    batch = np.stack([f[..., None] / 255.0 for f in faces.values()]).astype(np.float32)
+    np.testing.assert_allclose(twin.predict(batch), classifier.predict(batch), atol=1e-6)
+    graph = Classifier.from_files(*tiny_model_files, backend="tf.function")
+    assert graph.copy() is graph  # one graph serves every thread

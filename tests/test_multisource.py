@@ -145,3 +145,23 @@ def test_max_clients_applies_to_each_source(serve, make_camera, pass_through, cl
     finally:
         for sock in viewers:
             sock.close()
+
+
+def test_search_threads_are_one_with_several_sources_unless_set():
+    from fer_server.builders import search_threads
+
+    assert search_threads(Config(), 1) is None  # one source: OpenCV's own, one thread per core
+    assert search_threads(Config(), 2) == 1 and search_threads(Config(), 8) == 1
+    assert search_threads(Config(search_threads=2), 8) == 2 and search_threads(Config(search_threads=3), 1) == 3
+
+
+def test_closing_the_cameras_closes_their_background_classifier(make_camera, pass_through, clip):
+    class Background:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    background = Background()
+    Cameras({"a": make_camera(clip, pass_through)}, background=background).close()
+    assert background.closed

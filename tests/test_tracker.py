@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fer_server.config import Config
 from fer_server.vision.detector import FaceDetector
 
 from fer_server.vision.frames import crop_faces
@@ -200,15 +201,19 @@ def test_no_frame_searches_more_than_one_band_and_k_frames_search_them_all(clip)
     assert spy.full_searches == 0
 
 
-@pytest.mark.parametrize("k", [4, 10])
-def test_a_face_pasted_in_at_frame_n_is_boxed_by_frame_n_plus_k(faces, k):
+@pytest.mark.parametrize("k, server_thresholds", [(4, False), (10, False), (10, True)])
+def test_a_face_pasted_in_at_frame_n_is_boxed_by_frame_n_plus_k(faces, k, server_thresholds):
     a, b = faces["Happy"], faces["Surprise"]
+    # the server's still and cut thresholds: a face entering is neither unchanged nor a cut
+    thresholds = dict(still_threshold=Config.still_threshold, cut_threshold=Config.cut_threshold) \
+        if server_thresholds else {}
     for entry in range(1, k + 2):  # every phase of the band cycle
-        tracker = FaceTracker(FaceDetector(), detect_every=k)
+        tracker = FaceTracker(FaceDetector(), detect_every=k, **thresholds)
         found = None
         for n in range(entry + 2 * k):
             frame = canvas_with([a, b], [(20, 60), (260, 60)]) if n >= entry else canvas_with([a], [(20, 60)])
             tracks = tracker.update(frame)
+            assert not tracker.last_cut
             if found is None and any(t.box[0] > 200 for t in tracks):
                 found = n
         assert found is not None and found - entry < k, (entry, found)
@@ -240,6 +245,36 @@ def test_an_unchanged_frame_skips_the_band_search_and_a_changed_one_does_not(fac
     for _ in range(k):
         tracker.update(nudged)
     assert len(spy.bands_searched) == searched
+
+
+def test_a_cut_drops_the_last_scenes_faces_and_searches_every_band_on_its_frame(faces):
+    k = 10
+    scene_a = canvas_with([faces["Happy"]], [(20, 60)])
+    scene_b = canvas_with([faces["Surprise"]], [(260, 60)])
+    scene_b[:, :200] = 40  # another room: the left half dark (mean thumbnail difference about 65 grey levels)
+    spy = SpyDetector()
+    tracker = FaceTracker(spy, detect_every=k, still_threshold=2.0, cut_threshold=10.0)
+    for _ in range(3):
+        tracker.update(scene_a)
+        assert not tracker.last_cut
+    assert [t.box[0] < 200 for t in tracker.tracks] == [True]
+    old_id = tracker.tracks[0].id
+    searched = len(spy.bands_searched)
+    tracks = tracker.update(scene_b)
+    assert tracker.last_cut
+    assert len(spy.bands_searched) - searched == sum(b is not None for b in spy.bands(scene_b.shape, k))
+    assert len(tracks) == 1 and tracks[0].id != old_id  # boxed on the cut frame itself, the old face gone
+    x, y, w, h = tracks[0].box
+    assert abs(x + w / 2 - 315) <= 10 and abs(y + h / 2 - 115) <= 10
+    tracker.update(scene_b)
+    assert not tracker.last_cut  # the next frame of the new scene is no cut
+
+    # without cuts, the old face's box stays on the new scene's first frame (kept for max_missed frames)
+    tracker = FaceTracker(FaceDetector(), detect_every=k, still_threshold=2.0, cut_threshold=0.0)
+    for _ in range(3):
+        tracker.update(scene_a)
+    tracks = tracker.update(scene_b)
+    assert not tracker.last_cut and any(t.box[0] < 200 and t.missed == 1 for t in tracks)
 
 
 def test_without_a_threshold_every_band_is_searched_in_its_turn(faces):

@@ -41,6 +41,9 @@ class Frame:
             a placeholder).
         placeholder: a grey frame published while the source reconnects,
             not a frame from the source.
+        label_lag: frames between this frame and the oldest crop behind a
+            label it shows (0: every face classified on this frame; see
+            ``vision.background``).
     """
 
     seq: int
@@ -51,6 +54,7 @@ class Frame:
     height: int
     timings: dict
     placeholder: bool = False
+    label_lag: int = 0
 
 
 class _Wakeup:
@@ -420,7 +424,8 @@ class Camera:
                 timings["encode"] = (done - processed) * 1e3
             self.frames_processed += 1
             self._last_frame_at = time.monotonic()
-            self._publish(None if jpeg is None else jpeg.tobytes(), faces, frame.shape[1], frame.shape[0], timings)
+            self._publish(None if jpeg is None else jpeg.tobytes(), faces, frame.shape[1], frame.shape[0], timings,
+                          label_lag=getattr(self.pipeline, "label_lag", 0))
         return 0
 
     def _publish_placeholder(self, text):
@@ -438,11 +443,12 @@ class Camera:
         if reset:
             reset()
 
-    def _publish(self, jpeg, faces, width, height, timings, placeholder=False):
+    def _publish(self, jpeg, faces, width, height, timings, placeholder=False, label_lag=0):
         part = None if jpeg is None else mjpeg_part(jpeg, "placeholder" if placeholder else "frame")
         with self._cond:
             self._seq += 1
-            self._frame = frame = Frame(self._seq, jpeg, part, faces, width, height, timings, placeholder)
+            self._frame = frame = Frame(self._seq, jpeg, part, faces, width, height, timings, placeholder,
+                                        label_lag)
             self._wake_clients_locked()
         for observer in self._observers:
             observer(frame)

@@ -62,15 +62,18 @@ class Cameras:
         cameras: ``{name: Camera}`` (insertion order kept); at least one.
         recorders: ``{name: recording.Recorder}`` for the recorded sources
             (empty without ``--record``).
+        background: the ``vision.background.BackgroundClassifier`` the
+            cameras' pipelines share, closed with them; None without.
 
     Iterating gives ``(name, camera)`` pairs; ``first`` is the default camera.
     """
 
-    def __init__(self, cameras, recorders=None):
+    def __init__(self, cameras, recorders=None, background=None):
         if not cameras:
             raise ValueError("Cameras needs at least one camera")
         self._cameras = dict(cameras)
         self.recorders = dict(recorders or {})
+        self.background = background
 
     @property
     def first(self):
@@ -112,8 +115,11 @@ class Cameras:
             self._cameras[name].keep_running()
 
     def close(self):
-        """Close every recorder, then every camera (threads joined, sources released)."""
+        """Close every recorder, then every camera (threads joined, sources released), then the
+        background classification."""
         for recorder in self.recorders.values():
             recorder.close()
         for camera in self._cameras.values():
             camera.close()
+        if self.background is not None:
+            self.background.close()

@@ -102,11 +102,14 @@ class Classifier:
         self.backend = backend
         if backend not in self.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; one of {', '.join(self.BACKENDS)}")
+        #: threads -> a new interpreter on the same model (``copy``); None: no interpreter
+        self._reopen = None
         if interpreter is not None:
             self._use_interpreter(interpreter)
         elif backend.startswith("tflite"):
             try:
                 self._use_interpreter(_tflite_interpreter(model, threads, quantize=backend == "tflite-int8"))
+                self._reopen = lambda n: _tflite_interpreter(model, n, quantize=backend == "tflite-int8")
             except Exception as e:  # noqa: BLE001 - any converter failure: fall back
                 log.warning("TensorFlow Lite conversion failed (%s); using tf.function", first_line(e))
                 self.backend = "tf.function"
@@ -124,6 +127,15 @@ class Classifier:
         # tensor indices, looked up once: get_*_details() builds dicts for every tensor
         self._input = interpreter.get_input_details()[0]["index"]
         self._output = interpreter.get_output_details()[0]["index"]
+
+    def copy(self, threads=1):
+        """A classifier on the same model with its own interpreter of ``threads`` threads, for another
+        thread to run beside this one (``vision.background``); ``tf.function``'s graph is shared."""
+        if self._reopen is None:
+            return self
+        twin = Classifier(self.model, self.info, self.backend, threads, interpreter=self._reopen(threads))
+        twin._reopen = self._reopen
+        return twin
 
     @property
     def can_explain(self):
@@ -158,7 +170,10 @@ class Classifier:
                                      f"server runs the model's int8 .tflite file (backend tflite-int8).")
             interpreter, info = load_tflite(model_path, weights_path, input_range=input_range,
                                             class_names=class_names, threads=threads)
-            return cls(None, info, backend, threads, interpreter=interpreter)
+            classifier = cls(None, info, backend, threads, interpreter=interpreter)
+            classifier._reopen = lambda n: load_tflite(model_path, weights_path, input_range=input_range,
+                                                       class_names=class_names, threads=n)[0]
+            return classifier
 
     def model_input(self, faces):
         """``faces`` as the model takes them: ``(N, H, W, C)`` float32, channels and range the model's.

@@ -24,11 +24,12 @@ class FramePipeline:
         detect_every: frames over which one full-frame search is spread,
             faces followed on every frame (see ``vision.tracker.FaceTracker``);
             1 searches the whole frame on every frame.
-        still_threshold, spread: ``FaceTracker``'s.
+        still_threshold, cut_threshold, spread: ``FaceTracker``'s.
         classify_every: a tracked face is classified on one frame in this
             many (its first frame always; the faces of a frame take turns by
             track id), its last probabilities reused in between; 1
-            classifies every face on every frame.
+            classifies every face on every frame.  Ignored with
+            ``background``.
         smoothing: weight of the past in the exponential moving average of
             each tracked face's probabilities, in [0, 1); 0 shows each
             frame's raw probabilities.
@@ -38,10 +39,17 @@ class FramePipeline:
         image_min_side_px: ``faces_in_image`` only: an image whose shorter
             side is below this many pixels is enlarged to it for the face
             search (the crops still come from the image itself); 0 never.
+        background: a ``vision.background.BackgroundClassifier`` (live
+            sources): a face seen before is not classified on its frame but
+            handed to it, and shows its newest probabilities back from it
+            (``label_lag``); a new face is still classified on its own frame.
+            None (offline analysis, tests): every face on its frame, as
+            ``classify_every`` says.
     """
 
     def __init__(self, detector, classifier, crop_margin=0.0, detect_every=1, smoothing=0.0, image_pad=0.0,
-                 image_min_side_px=0, still_threshold=0.0, spread=True, classify_every=1):
+                 image_min_side_px=0, still_threshold=0.0, cut_threshold=0.0, spread=True,
+                 classify_every=1, background=None):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         if image_pad < 0:
@@ -58,8 +66,14 @@ class FramePipeline:
         self.classifier = classifier
         self.crop_margin = crop_margin
         self.smoothing = smoothing
-        self.tracker = FaceTracker(detector, detect_every, still_threshold=still_threshold, spread=spread)
+        self.tracker = FaceTracker(detector, detect_every, still_threshold=still_threshold,
+                                   cut_threshold=cut_threshold, spread=spread)
         self._smoothed = {}  # track id -> (C,) float32 probabilities
+        self._label_frame = {}  # track id -> the frame whose crop its newest probabilities came from
+        self.background = background
+        #: Frames between the last frame and the oldest crop behind a label it shows (0: every
+        #: face classified on it; 0 without faces).
+        self.label_lag = 0
         #: ms spent on the last frame per stage: ``detect`` (grayscale, detection or
         #: tracking), ``classify`` (crop, inference, smoothing), ``draw``.
         self.timings = {}
@@ -68,8 +82,10 @@ class FramePipeline:
         """Forget tracks and smoothed probabilities (a new video or a jump in it);
         ``restart_ids``: number the next faces from 1 (see ``FaceTracker.reset``)."""
         self.tracker.reset(restart_ids)
-        self._smoothed = {}
-        self._frame = 0
+        self._smoothed, self._label_frame = {}, {}
+        self._frame = self.label_lag = 0
+        if self.background is not None:
+            self.background.forget(self)
 
     def find_faces(self, frame):
         """Find (or follow) and classify the faces of the next video frame.
@@ -89,19 +105,35 @@ class FramePipeline:
         tracks = self.tracker.update(gray)
         detected = time.perf_counter()
         crops = self._crops(gray, [t.box for t in tracks], frame)
-        due = [i for i, t in enumerate(tracks) if t.id not in self._smoothed
-               or (self._frame + t.id) % self.classify_every == 0]
+        if self.background is None:
+            due = [i for i, t in enumerate(tracks) if t.id not in self._smoothed
+                   or (self._frame + t.id) % self.classify_every == 0]
+        else:
+            due = [i for i, t in enumerate(tracks) if t.id not in self._smoothed]
         probs = dict(zip(due, self._predict(crops if len(due) == len(tracks) else crops[due])))
+        label_frame = {tracks[i].id: self._frame for i in due}
+        if self.background is not None:
+            for i, track in enumerate(tracks):
+                if i in probs:
+                    continue
+                taken = self.background.take(self, track.id)
+                if taken is not None:
+                    probs[i], label_frame[track.id] = taken
+                self.background.submit(self, track.id, crops[i], self._frame)
+            self.background.keep(self, [t.id for t in tracks])
         smoothed = {}
         for i, track in enumerate(tracks):
             previous = self._smoothed.get(track.id)
             p = probs.get(i)
-            if p is None:  # not its turn: the last probabilities stand
+            if p is None:  # not its turn, or not back from the background yet: the last probabilities stand
                 p = previous
             elif self.smoothing and previous is not None:
                 p = self.smoothing * previous + (1.0 - self.smoothing) * p
             smoothed[track.id] = p
+            label_frame.setdefault(track.id, self._label_frame.get(track.id, self._frame))
         self._smoothed = smoothed
+        self._label_frame = {t.id: label_frame[t.id] for t in tracks}
+        self.label_lag = self._frame - min(self._label_frame.values(), default=self._frame)
         self._frame += 1
         faces = [self._face(t.box, smoothed[t.id], t.id, crop) for t, crop in zip(tracks, crops)]
         self.timings = {"detect": (detected - started) * 1e3,

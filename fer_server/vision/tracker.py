@@ -11,9 +11,13 @@ total cost and no frame pays for all of it.  The bands return the cascade's
 raw hits; the hits of the latest search of every band are grouped together
 as ``detectMultiScale`` groups them, which on an unchanged frame gives
 exactly the full search's faces; the first frame of a source searches
-every band at once.  A band whose picture has not changed since its last
-search (a thumbnail compared cell by cell) is not searched again.  Each face keeps an integer id for as long as it is tracked, so its
-probabilities can be smoothed over time.
+every band at once, and so does a frame that starts a new scene (a cut:
+its thumbnail differs from the previous frame's by more than
+``cut_threshold`` grey levels on average), whose faces would otherwise wait
+for their band while the boxes of the last scene's faces lingered.  A band
+whose picture has not changed since its last search (a thumbnail compared
+cell by cell) is not searched again.  Each face keeps an integer id for as
+long as it is tracked, so its probabilities can be smoothed over time.
 """
 from dataclasses import dataclass
 
@@ -62,6 +66,13 @@ class FaceTracker:
             the one it was last searched on by less than this many grey
             levels in every cell; its earlier hits stand.  0 searches every
             band when its turn comes.
+        cut_threshold: a frame whose thumbnail differs from the previous
+            frame's by more than this many grey levels on average (mean
+            absolute difference of the cells) starts a new scene: the
+            tracks are dropped and every band is searched on it at once.
+            Cuts in the bundled and OpenCV sample clips differ by 17-44
+            grey levels, other frames by at most 4 (``docs/benchmarks.md``).
+            0 never does.
         spread: False runs the whole search on one frame in k (and on every
             frame while no face is tracked), as before the spread search
             (kept for comparisons: ``bench``, ``docs/benchmarks.md``).
@@ -71,13 +82,14 @@ class FaceTracker:
     TRACK_NEIGHBORS = 3  # near a known face, fewer overlapping hits suffice
 
     def __init__(self, detector, detect_every=5, search_margin=0.5, max_missed=None, match_iou=0.3,
-                 still_threshold=0.0, spread=True):
+                 still_threshold=0.0, cut_threshold=0.0, spread=True):
         self.detector = detector
         self.detect_every = max(1, int(detect_every))
         self.search_margin = search_margin
         self.max_missed = self.detect_every if max_missed is None else max_missed
         self.match_iou = match_iou
         self.still_threshold = float(still_threshold)
+        self.cut_threshold = float(cut_threshold)
         self.spread = spread and self.detect_every > 1
         self.tracks = []
         self._frame = 0
@@ -85,9 +97,11 @@ class FaceTracker:
         self._bands = (None, [])  # (frame shape, FaceDetector.bands of it)
         self._hits = {}  # band index -> (N, 4) raw hits of its latest search, pixels of the searched image
         self._thumbs = {}  # band index -> the thumbnail it was last searched on
-        #: The band searched on the last frame (None: none, or the whole pyramid), and
-        #: whether the last frame's search was skipped as unchanged; for tests and metrics.
-        self.last_band, self.last_skipped = None, False
+        self._last_thumb = None  # the previous frame's thumbnail, for cuts
+        #: The band searched on the last frame (None: none, or the whole pyramid),
+        #: whether the last frame's search was skipped as unchanged, and whether the
+        #: last frame was a cut; for tests and metrics.
+        self.last_band, self.last_skipped, self.last_cut = None, False, False
 
     def update(self, gray):
         """Advance by one frame.
@@ -103,12 +117,19 @@ class FaceTracker:
                 self._associate(self.detector.detect(gray))
             else:
                 self._follow(gray)
-        elif self._frame == 0:  # the first frame of a source: every band, at once
-            self.last_band, self.last_skipped = None, False
-            self._associate(self._search_all(gray))
         else:
-            self._follow(gray)
-            self._search_band(gray)
+            small = self.detector.shrink(gray)
+            thumb = (self._thumbnail(small, gray.shape) if self.still_threshold > 0 or self.cut_threshold > 0
+                     else None)
+            self.last_cut = self._frame > 0 and self._is_cut(thumb)
+            self._last_thumb = thumb
+            if self._frame == 0 or self.last_cut:  # a source's first frame, or a new scene: every band, at once
+                self.tracks = []  # none of the last scene's faces is in this one
+                self.last_band, self.last_skipped = None, False
+                self._associate(self._search_all(gray, small, thumb))
+            else:
+                self._follow(gray)
+                self._search_band(gray, small, thumb)
         self._frame += 1
         return list(self.tracks)
 
@@ -121,19 +142,30 @@ class FaceTracker:
         """
         self.tracks = []
         self._frame = 0
-        self._hits, self._thumbs = {}, {}
+        self._hits, self._thumbs, self._last_thumb = {}, {}, None
         if restart_ids:
             self._next_id = 1
 
-    def _search_all(self, gray):
+    def _is_cut(self, thumb):
+        """Whether the frame of ``thumb`` starts a new scene (see ``cut_threshold``); a frame of
+        another size does too."""
+        if self.cut_threshold <= 0:
+            return False
+        last = self._last_thumb
+        return last is None or last.shape != thumb.shape or \
+            float(np.abs(thumb - last).mean()) > self.cut_threshold
+
+    def _search_all(self, gray, small, thumb):
         """Search every band of ``gray`` and keep their hits: the whole search's faces (boxes in pixels).
 
+        ``small`` is ``gray`` as ``FaceDetector.shrink`` made it, ``thumb``
+        its thumbnail (None without ``still_threshold`` and ``cut_threshold``).
         Keeping each band's hits means the groupings of the next frames start
         from the whole pyramid, not from the few bands searched since.
         """
         self._start_bands(gray.shape)
-        small = self.detector.shrink(gray)
-        thumb = self._thumbnail(small, gray.shape) if self.still_threshold > 0 else None
+        if self.still_threshold <= 0:
+            thumb = None
         for index, band in enumerate(self._bands[1]):
             if band is not None:
                 self._hits[index] = self.detector.band_hits(small, band)
@@ -144,8 +176,10 @@ class FaceTracker:
         hits = np.concatenate(list(self._hits.values()))
         return self.detector.group_hits(hits, hits, gray.shape)
 
-    def _search_band(self, gray):
+    def _search_band(self, gray, small, thumb):
         """Search this frame's band and group the hits of every band's latest search.
+
+        ``small`` and ``thumb`` are as for ``_search_all``.
 
         The hits of the bands whose picture equals this frame's (every band
         searched on a thumbnail within ``still_threshold`` of this one, and
@@ -166,8 +200,8 @@ class FaceTracker:
         self.last_band, self.last_skipped = index, False
         if band is None:
             return
-        small = self.detector.shrink(gray)
-        thumb = self._thumbnail(small, gray.shape) if self.still_threshold > 0 else None
+        if self.still_threshold <= 0:
+            thumb = None
 
         def unchanged(i):
             return thumb is not None and i in self._thumbs and \

@@ -8,6 +8,12 @@ in one process do not share counters):
   stage (label ``stage``: ``decode``, ``detect``, ``classify``, ``draw``,
   ``encode``, ``total``).
 - ``fer_faces_per_frame``: histogram of the faces found per frame.
+- ``fer_label_lag_frames``: histogram, over frames with a face, of the
+  frames between the frame and the oldest crop behind a label it shows
+  (``capture.camera.Frame.label_lag``; 0 when every face was classified on it).
+- ``fer_background_faces_classified_total``: faces classified by the
+  background classifier (``vision.background``) for every source together;
+  absent without one.
 - ``fer_viewers``: stream viewers connected now.
 - ``fer_source_state``: 1 for the source's current state (label ``state``:
   ``idle``, ``streaming``, ``reconnecting``, ``ended``, ``error``), 0 for the others.
@@ -25,6 +31,8 @@ STATES = ("idle", "streaming", "reconnecting", "ended", "error")
 ROUTES = ("/", "/video_feed", "/api/events", "/api/faces", "/api/predict", "/healthz", "/metrics")
 #: Histogram buckets in seconds, from 0.5 ms to 1 s.
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Histogram buckets of label lag, in frames.
+LAG_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
 
 
 class _CameraCollector:
@@ -38,6 +46,11 @@ class _CameraCollector:
         yield CounterMetricFamily("fer_frames_processed", "Frames read from the source and processed.",
                                   value=camera.frames_processed)
         yield GaugeMetricFamily("fer_viewers", "Stream viewers connected now.", value=camera.clients)
+        background = getattr(getattr(camera, "pipeline", None), "background", None)
+        if background is not None:
+            yield CounterMetricFamily("fer_background_faces_classified",
+                                      "Faces classified by the background classifier, all sources.",
+                                      value=background.faces_classified)
         state = GaugeMetricFamily("fer_source_state", "1 for the source's current state.", labels=["state"])
         for name in STATES:
             state.add_metric([name], 1.0 if camera.state == name else 0.0)
@@ -63,6 +76,8 @@ class Metrics:
                                        ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
         self.faces = Histogram("fer_faces_per_frame", "Faces found per frame.",
                                buckets=(0, 1, 2, 3, 5, 8, 13), registry=self.registry)
+        self.label_lag = Histogram("fer_label_lag_frames", "Frames between a frame with a face and the oldest "
+                                   "crop behind a label it shows.", buckets=LAG_BUCKETS, registry=self.registry)
         self.requests = Counter("fer_http_requests", "Answered HTTP requests.", ["route", "status"],
                                 registry=self.registry)
 
@@ -72,6 +87,8 @@ class Metrics:
             self.stage_seconds.labels(stage).observe(ms / 1e3)
         if frame.timings:  # placeholders have no timings and no faces worth counting
             self.faces.observe(len(frame.faces))
+            if frame.faces:
+                self.label_lag.observe(frame.label_lag)
 
     def count_requests(self, app):
         """ASGI middleware around ``app`` that counts each answer by route and status."""
