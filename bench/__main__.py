@@ -120,17 +120,12 @@ def run_fast(source, config, seconds, pass_frames):
     return summarise("fast", records, pass_frames, wall, cpu, lags, background.faces_classified)
 
 
-def run_baseline(source, config, seconds):
-    """The naive pipeline: full-resolution Haar every frame, model.predict per face."""
-    from fer_server.model.files import load_model
-    from fer_server.vision.detector import CASCADE_FILE
-    from fer_server.vision.frames import Face, crop_faces, draw_faces
+def run_one_pass(name, source, config, seconds, analyse):
+    """One pass of ``source`` (at most ``max(seconds, 120)`` s) through another pipeline's ``analyse``:
+    ``analyse(BGR frame)`` gives ``(faces, {"detect": ms, "classify": ms})``; the faces are then drawn
+    by our ``draw_faces`` and the frame JPEG-encoded at ``config.jpeg_quality``, as the fast path does."""
+    from fer_server.vision.frames import draw_faces
 
-    model, info = load_model(config.model_path, config.weights_path, input_range=config.input_range,
-                             class_names=config.class_names)
-    labels = info.labels
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
-    model.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0)
     cap = cv2.VideoCapture(str(source))
     records = []
     cpu0, t0 = cpu_seconds(), time.perf_counter()
@@ -140,6 +135,35 @@ def run_baseline(source, config, seconds):
         if not ok:
             break
         d = time.perf_counter()
+        faces, stages = analyse(frame)
+        c = time.perf_counter()
+        annotated = draw_faces(frame.copy(), faces)
+        w = time.perf_counter()
+        cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+        e = time.perf_counter()
+        records.append(({"decode": (d - s) * 1e3, **stages, "draw": (w - c) * 1e3, "encode": (e - w) * 1e3,
+                         "total": (e - s) * 1e3}, len(faces)))
+        if time.perf_counter() - t0 > max(seconds, 120):
+            break
+    cap.release()
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    return summarise(name, records, len(records), wall, cpu)
+
+
+def run_baseline(source, config, seconds):
+    """The naive pipeline: full-resolution Haar every frame, model.predict per face."""
+    from fer_server.model.files import load_model
+    from fer_server.vision.detector import CASCADE_FILE
+    from fer_server.vision.frames import Face, crop_faces
+
+    model, info = load_model(config.model_path, config.weights_path, input_range=config.input_range,
+                             class_names=config.class_names)
+    labels = info.labels
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
+    model.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0)
+
+    def analyse(frame):
+        d = time.perf_counter()
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         boxes = np.asarray(cascade.detectMultiScale(gray, 1.1, 5)).reshape(-1, 4)
         t = time.perf_counter()
@@ -148,18 +172,9 @@ def run_baseline(source, config, seconds):
             p = model.predict(crop_faces(gray, box[None]), verbose=0)[0]
             best = int(np.argmax(p))
             faces.append(Face(tuple(box), labels[best], float(p[best])))
-        c = time.perf_counter()
-        annotated = draw_faces(frame.copy(), faces)
-        w = time.perf_counter()
-        cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
-        e = time.perf_counter()
-        records.append(({"decode": (d - s) * 1e3, "detect": (t - d) * 1e3, "classify": (c - t) * 1e3,
-                         "draw": (w - c) * 1e3, "encode": (e - w) * 1e3, "total": (e - s) * 1e3},
-                        len(faces)))
-        if time.perf_counter() - t0 > max(seconds, 120):
-            break
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    return summarise("baseline", records, len(records), wall, cpu)
+        return faces, {"detect": (t - d) * 1e3, "classify": (time.perf_counter() - t) * 1e3}
+
+    return run_one_pass("baseline", source, config, seconds, analyse)
 
 
 def load_fer_package():
@@ -175,37 +190,21 @@ def run_fer_package(detector, source, config, seconds):
     """The ``fer`` package on one pass of ``source``: ``detect_emotions`` per frame, then draw and encode.
 
     Its search and classification are one call, timed as ``detect``
-    (``classify`` stays 0); the boxes are drawn with its top emotion by our
-    ``draw_faces``, and the frame JPEG-encoded at ``config.jpeg_quality``.
+    (``classify`` stays 0); the boxes are drawn with its top emotion.
     """
-    from fer_server.vision.frames import Face, draw_faces
+    from fer_server.vision.frames import Face
 
-    cap = cv2.VideoCapture(str(source))
-    records = []
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    while True:
-        s = time.perf_counter()
-        ok, frame = cap.read()
-        if not ok:
-            break
+    def analyse(frame):
         d = time.perf_counter()
         found = detector.detect_emotions(frame)
-        c = time.perf_counter()
+        detect_ms = (time.perf_counter() - d) * 1e3
         faces = []
         for face in found:
             label, score = max(face["emotions"].items(), key=lambda item: item[1])
             faces.append(Face(tuple(int(v) for v in face["box"]), label.capitalize(), float(score)))
-        annotated = draw_faces(frame.copy(), faces)
-        w = time.perf_counter()
-        cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
-        e = time.perf_counter()
-        records.append(({"decode": (d - s) * 1e3, "detect": (c - d) * 1e3, "classify": 0.0,
-                         "draw": (w - c) * 1e3, "encode": (e - w) * 1e3, "total": (e - s) * 1e3}, len(faces)))
-        if time.perf_counter() - t0 > max(seconds, 120):
-            break
-    cap.release()
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    return summarise("fer", records, len(records), wall, cpu)
+        return faces, {"detect": detect_ms, "classify": 0.0}
+
+    return run_one_pass("fer", source, config, seconds, analyse)
 
 
 def print_table(results):
