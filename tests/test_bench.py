@@ -206,3 +206,15 @@ def test_bench_search_matches_served_boxes_to_reference_faces_one_to_one():
     assert matched([(70, 70, 100, 100)], reference) == 0  # IoU 900 / 19100 = 0.05: no match
     assert matched([(205, 0, 100, 100), (0, 5, 100, 100)], reference) == 2
     assert matched([], reference) == 0 and matched([(0, 0, 100, 100)], []) == 0
+
+
+def test_lag_quantile_reads_the_bucket_of_the_quantile_between_two_scrapes():
+    from bench.clients import lag_quantile
+
+    inf = float("inf")
+    before = {0.0: 2, 1.0: 5, 2.0: 5, inf: 6}
+    after = {0.0: 4, 1.0: 12, 2.0: 15, inf: 16}  # between them: 2 lags of 0, 5 of 1, 3 of 2 (10 in all)
+    assert lag_quantile(before, after, 0.5) == 1.0  # 7 of 10 are <= 1
+    assert lag_quantile(before, after, 0.2) == 0.0  # 2 of 10 are <= 0
+    assert lag_quantile(before, after, 0.95) == 2.0
+    assert lag_quantile(after, after, 0.5) is None  # nothing observed in between
