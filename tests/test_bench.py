@@ -14,11 +14,28 @@ def last_json(text):
     return json.loads(text.strip().splitlines()[-1])
 
 
-def test_bench_fast_and_baseline_pipelines(clip, tiny_model_files, capsys):
+class StubFER:
+    """Stands in for the ``fer`` package's ``FER``: one face per frame, its top emotion "happy" at 0.7."""
+
+    calls = []
+
+    def __init__(self, mtcnn=True):
+        assert mtcnn is False  # the bench asks for its Haar cascade, not MTCNN
+
+    def detect_emotions(self, frame):
+        self.calls.append(frame.shape)
+        return [{"box": [10, 20, 30, 40], "emotions": {"angry": 0.1, "happy": 0.7, "neutral": 0.2}}]
+
+
+def test_bench_fast_baseline_and_fer_pipelines(clip, tiny_model_files, capsys, monkeypatch):
+    import types
+
     from bench.__main__ import main
 
+    monkeypatch.setitem(sys.modules, "fer", types.SimpleNamespace(FER=StubFER))
+    StubFER.calls = []
     model_path, weights_path = tiny_model_files
-    main(["--source", str(clip), "--seconds", "0.5", "--baseline", "--json", "--detect-every", "1",
+    main(["--source", str(clip), "--seconds", "0.5", "--baseline", "--fer", "--json", "--detect-every", "1",
           "--model", str(model_path), "--weights", str(weights_path)])
     out = capsys.readouterr().out
     assert f"clip.mp4: 320x240, {CLIP_FRAMES} frames at 10 fps; detect_every=1" in out
@@ -36,39 +53,13 @@ def test_bench_fast_and_baseline_pipelines(clip, tiny_model_files, capsys):
     # the server's path (downscaled Haar, one batched TFLite call per frame) beats the naive one
     # (full-resolution Haar at scaleFactor 1.1, one model.predict call per face)
     assert baseline["fps"] > 0 and result["speedup"] > 1
-
-
-class StubFER:
-    """Stands in for the ``fer`` package's ``FER``: one face per frame, its top emotion "happy" at 0.7."""
-
-    calls = []
-
-    def __init__(self, mtcnn=True):
-        assert mtcnn is False  # the bench asks for its Haar cascade, not MTCNN
-
-    def detect_emotions(self, frame):
-        self.calls.append(frame.shape)
-        return [{"box": [10, 20, 30, 40], "emotions": {"angry": 0.1, "happy": 0.7, "neutral": 0.2}}]
-
-
-def test_bench_runs_the_fer_package_on_one_pass(clip, tiny_model_files, capsys, monkeypatch):
-    import types
-
-    from bench.__main__ import main
-
-    monkeypatch.setitem(sys.modules, "fer", types.SimpleNamespace(FER=StubFER))
-    StubFER.calls = []
-    model_path, weights_path = tiny_model_files
-    main(["--source", str(clip), "--seconds", "0.5", "--fer", "--json", "--detect-every", "1",
-          "--model", str(model_path), "--weights", str(weights_path)])
-    out = capsys.readouterr().out
-    result = last_json(out)
+    # the fer package (a stub here) on one pass: every BGR frame once, its one face per frame counted
     fer = result["fer"]
-    assert StubFER.calls == [(240, 320, 3)] * CLIP_FRAMES  # every BGR frame of one pass, once
+    assert StubFER.calls == [(240, 320, 3)] * CLIP_FRAMES
     assert fer["frames"] == CLIP_FRAMES and fer["faces_classified"] == CLIP_FRAMES
     assert fer["stages"]["classify"]["p95"] == 0  # its search and classification are one call: "detect"
     assert result["speedup_fer"] == round(result["fps"] / fer["fps"], 2)
-    assert "fast/fer" in out
+    assert "fast/fer" in out and "fast/baseline" in out
 
 
 def test_bench_fer_without_the_package_says_how_to_get_it(clip, monkeypatch):
