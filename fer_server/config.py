@@ -117,7 +117,8 @@ class Config:
             (``cv2.setNumThreads``, for the whole server); 0: OpenCV's own
             (one per core) with one source, 1 with several, whose capture
             threads already search side by side and would otherwise
-            contend for the cores (docs/benchmarks.md: the sources table).
+            oversubscribe the cores (docs/benchmarks.md: within the
+            run-to-run noise at 8 sources on a 2-core machine).
         image_detect_width: like ``detect_width``, for uploaded images.
         image_min_face_px: like ``min_face_px``, for uploaded images (photos
             often hold smaller faces than a webcam frame).
