@@ -16,7 +16,7 @@ import numpy as np
 from fer_server.atomic import write_atomic
 from fer_server.config import BACKENDS
 from fer_server.model.files import ModelInfo, ModelLoadError, first_line, load_model
-from fer_server.model.litert import FULL_INSTALL, load_tflite, tensorflow_installed
+from fer_server.model.litert import FULL_INSTALL, make_interpreter, read_tflite, tensorflow_installed
 from fer_server.model.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Classifier:
         backend: ``"tflite"``, ``"tflite-int8"`` or ``"tf.function"``.
         threads: interpreter threads for TFLite.
         interpreter: a ready TFLite interpreter to run instead of converting
-            ``model`` (``model.litert.load_tflite``'s, in the serve-only
+            ``model`` (``model.litert.read_tflite``'s, in the serve-only
             install, where ``model`` is None).
 
     Attributes:
@@ -108,8 +108,9 @@ class Classifier:
             self._use_interpreter(interpreter)
         elif backend.startswith("tflite"):
             try:
-                self._use_interpreter(_tflite_interpreter(model, threads, quantize=backend == "tflite-int8"))
-                self._reopen = lambda n: _tflite_interpreter(model, n, quantize=backend == "tflite-int8")
+                interpreter, flatbuffer = _tflite_interpreter(model, threads, quantize=backend == "tflite-int8")
+                self._use_interpreter(interpreter)
+                self._reopen = lambda n: _tf_interpreter(flatbuffer, n)
             except Exception as e:  # noqa: BLE001 - any converter failure: fall back
                 log.warning("TensorFlow Lite conversion failed (%s); using tf.function", first_line(e))
                 self.backend = "tf.function"
@@ -153,7 +154,7 @@ class Classifier:
 
         Without TensorFlow (the serve-only install, ``requirements-serve.txt``)
         it runs the model's committed TensorFlow Lite file instead, checked by
-        ``model.litert.load_tflite``; only the ``tflite-int8`` backend exists
+        ``model.litert.read_tflite``; only the ``tflite-int8`` backend exists
         there, since that file holds the int8 model.
 
         Raises:
@@ -168,11 +169,10 @@ class Classifier:
             if backend != "tflite-int8":
                 raise ModelLoadError(f"The {backend} backend needs TensorFlow ({FULL_INSTALL}); without it the "
                                      f"server runs the model's int8 .tflite file (backend tflite-int8).")
-            interpreter, info = load_tflite(model_path, weights_path, input_range=input_range,
-                                            class_names=class_names, threads=threads)
+            flatbuffer, interpreter, info = read_tflite(model_path, weights_path, input_range=input_range,
+                                                        class_names=class_names, threads=threads)
             classifier = cls(None, info, backend, threads, interpreter=interpreter)
-            classifier._reopen = lambda n: load_tflite(model_path, weights_path, input_range=input_range,
-                                                       class_names=class_names, threads=n)[0]
+            classifier._reopen = lambda n: make_interpreter(flatbuffer, n)  # the bytes read_tflite checked
             return classifier
 
     def model_input(self, faces):
@@ -246,37 +246,47 @@ def convert_to_tflite(model, quantize):
         return converter.convert()
 
 
+def _tf_interpreter(flatbuffer, threads):
+    """TensorFlow's own TFLite interpreter on ``flatbuffer`` with ``threads`` threads.
+
+    Raises:
+        ValueError, RuntimeError: the bytes are not a model it can run.
+    """
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        # TensorFlow marks tf.lite.Interpreter deprecated in favour of the separate
+        # ai-edge-litert package; it still ships with the TensorFlow pinned here.
+        warnings.simplefilter("ignore", UserWarning)
+        return tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
+
+
 def _tflite_interpreter(model, threads, quantize=False):
-    """An interpreter on ``model`` converted to TensorFlow Lite (float32, or int8 weights with ``quantize``).
+    """``model`` converted to TensorFlow Lite (float32, or int8 weights with ``quantize``):
+    ``(interpreter of threads threads, the flatbuffer)``.
 
     Conversion takes about a second, a quarter of the server's start-up, so
     the flatbuffer is kept in ``tflite_cache_dir()`` under the digest of
     everything it depends on and read from there next time.  A cache that
     cannot be written or read is skipped.
     """
-    import warnings
-
-    import tensorflow as tf
-
     path = tflite_cache_dir() / f"{_model_digest(model, quantize)}.tflite"
     flatbuffer = None
     try:
         flatbuffer = path.read_bytes()
     except OSError:
         pass
-    with warnings.catch_warnings():
-        # TensorFlow marks tf.lite.Interpreter deprecated in favour of the separate
-        # ai-edge-litert package; it still ships with the TensorFlow pinned here.
-        warnings.simplefilter("ignore", UserWarning)
-        if flatbuffer is not None:
-            try:
-                return tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
-            except (ValueError, RuntimeError):  # a damaged cache file: convert again
-                log.warning("ignoring the unreadable cached model %s", path)
-        flatbuffer = convert_to_tflite(model, quantize)
+    if flatbuffer is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, lambda tmp: tmp.write_bytes(flatbuffer))
-        except OSError as e:
-            log.debug("cannot cache the converted model in %s: %s", path.parent, e)
-        return tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
+            return _tf_interpreter(flatbuffer, threads), flatbuffer
+        except (ValueError, RuntimeError):  # a damaged cache file: convert again
+            log.warning("ignoring the unreadable cached model %s", path)
+    flatbuffer = convert_to_tflite(model, quantize)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: tmp.write_bytes(flatbuffer))
+    except OSError as e:
+        log.debug("cannot cache the converted model in %s: %s", path.parent, e)
+    return _tf_interpreter(flatbuffer, threads), flatbuffer

@@ -142,6 +142,13 @@ def make_interpreter(flatbuffer, threads=2):
 
 
 def load_tflite(model_path, weights_path=None, *, input_range=None, class_names=None, threads=2):
+    """``read_tflite`` without the file's bytes: ``(interpreter, info)``; same arguments and errors."""
+    _, interpreter, info = read_tflite(model_path, weights_path, input_range=input_range, class_names=class_names,
+                                       threads=threads)
+    return interpreter, info
+
+
+def read_tflite(model_path, weights_path=None, *, input_range=None, class_names=None, threads=2):
     """Check and open ``model.tflite`` for the Keras files ``model_path`` (+ ``weights_path``).
 
     The checks, each refused in one sentence that names the file and the
@@ -155,8 +162,9 @@ def load_tflite(model_path, weights_path=None, *, input_range=None, class_names=
         threads: interpreter threads.
 
     Returns:
-        ``(interpreter, info)``: a LiteRT interpreter (tensors allocated,
-        batch 1) taking ``(N, H, W, C)`` float32 scaled to
+        ``(flatbuffer, interpreter, info)``: the checked file's bytes (for
+        more interpreters, ``make_interpreter``), a LiteRT interpreter
+        (tensors allocated, batch 1) taking ``(N, H, W, C)`` float32 scaled to
         ``info.input_range`` and giving ``(N, K)`` probabilities, and the
         model's ``ModelInfo`` (from ``model.json``, as the Keras path reads it).
 
@@ -206,7 +214,7 @@ def load_tflite(model_path, weights_path=None, *, input_range=None, class_names=
                              f"classes: rewrite it with {EXPORT_COMMAND} --model {model_path}.")
     name = (config.get("config") or {}).get("name") or model_path.stem
     info = model_info(shape, (None, n_out), config, path, input_range, class_names, name)
-    return interpreter, info
+    return flatbuffer, interpreter, info
 
 
 def declared_input_shape(config):
