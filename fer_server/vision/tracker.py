@@ -123,13 +123,14 @@ class FaceTracker:
                      else None)
             self.last_cut = self._frame > 0 and self._is_cut(thumb)
             self._last_thumb = thumb
+            still = thumb if self.still_threshold > 0 else None
             if self._frame == 0 or self.last_cut:  # a source's first frame, or a new scene: every band, at once
                 self.tracks = []  # none of the last scene's faces is in this one
                 self.last_band, self.last_skipped = None, False
-                self._associate(self._search_all(gray, small, thumb))
+                self._associate(self._search_all(gray, small, still))
             else:
                 self._follow(gray)
-                self._search_band(gray, small, thumb)
+                self._search_band(gray, small, still)
         self._frame += 1
         return list(self.tracks)
 
@@ -159,13 +160,11 @@ class FaceTracker:
         """Search every band of ``gray`` and keep their hits: the whole search's faces (boxes in pixels).
 
         ``small`` is ``gray`` as ``FaceDetector.shrink`` made it, ``thumb``
-        its thumbnail (None without ``still_threshold`` and ``cut_threshold``).
+        its thumbnail (None without ``still_threshold``).
         Keeping each band's hits means the groupings of the next frames start
         from the whole pyramid, not from the few bands searched since.
         """
         self._start_bands(gray.shape)
-        if self.still_threshold <= 0:
-            thumb = None
         for index, band in enumerate(self._bands[1]):
             if band is not None:
                 self._hits[index] = self.detector.band_hits(small, band)
@@ -200,8 +199,6 @@ class FaceTracker:
         self.last_band, self.last_skipped = index, False
         if band is None:
             return
-        if self.still_threshold <= 0:
-            thumb = None
 
         def unchanged(i):
             return thumb is not None and i in self._thumbs and \
